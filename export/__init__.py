@@ -1,0 +1,1 @@
+"""Export pipeline: PyTorch reference modules -> ONNX graphs + manifest (an engine folder)."""

@@ -1,0 +1,56 @@
+"""`python -m export`: write an engine folder from a preset and weights.
+
+    python -m export --preset tiny --random-weights --seed 0 --out engines/tiny
+    python -m export --preset flash-vl-2b-static --checkpoint ~/Flash-VL-2B --out engines/flash-vl-2b
+    python -m export --preset flash-vl-2b-static --vision DIR --llm DIR --adapter FILE --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from export import progress
+from export.build import WeightSource, export_engine, with_max_seq_len
+from export.presets import PRESETS, get_preset
+from export.weights import CheckpointArgs
+from runtime.errors import FlashVLError
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    ap.add_argument("--out", required=True, type=Path, help="engine folder to write")
+    w = ap.add_argument_group("weights (one of)")
+    w.add_argument("--random-weights", action="store_true", help="seeded random weights of the real shapes")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--checkpoint", type=Path, help="combined Flash-VL folder (config.json + *.safetensors)")
+    w.add_argument("--vision", type=Path, help="SigLIP vision folder")
+    w.add_argument("--llm", type=Path, help="Qwen2 folder (with tokenizer.json)")
+    w.add_argument("--adapter", type=Path, help="adapter safetensors file")
+    ap.add_argument("--max-seq-len", type=int, help="context window to build for (default: the preset's)")
+    args = ap.parse_args(argv)
+
+    ckpt = CheckpointArgs(args.checkpoint, args.vision, args.llm, args.adapter)
+    if args.random_weights == bool(ckpt.pairs()):
+        ap.error("give --random-weights, or --checkpoint DIR, or --vision DIR --llm DIR --adapter FILE")
+    if args.max_seq_len is not None and args.max_seq_len < 2:
+        ap.error(f"--max-seq-len must be at least 2, got {args.max_seq_len}")
+    source = WeightSource(seed=args.seed) if args.random_weights else WeightSource(checkpoint=ckpt)
+    t = time.perf_counter()
+    try:
+        preset = with_max_seq_len(get_preset(args.preset), args.max_seq_len)
+        manifest = export_engine(preset, source, args.out)
+    except FlashVLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    total = sum(f.bytes for f in manifest.files)
+    progress.say(f"wrote {args.out} ({total / 1e6:.1f} MB) in {time.perf_counter() - t:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

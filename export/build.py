@@ -1,0 +1,112 @@
+"""Build an engine folder: preset + weights -> vision.onnx, decoder.onnx, tokenizer.json, manifest.json.
+
+`build_model` is shared with `export.reference`, so the reference runs on exactly the
+weights the folder was exported from (the manifest's `source` says which).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import onnx
+import tokenizers
+import torch
+
+from export import progress
+from export.model import FlashVL
+from export.onnx_export import OPSET, export_decoder, export_vision
+from export.presets import Preset
+from export.tokenizer import build_chatml_tokenizer, token_spec_from_tokenizer
+from export.weights import CheckpointArgs, CheckpointError, load_checkpoint, random_weights
+from runtime.files import file_entry
+from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, GraphsSpec, Manifest, SourceSpec
+
+EXPORTER_VERSION = "0.1.0"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """--random-weights --seed N, or local checkpoints."""
+
+    seed: int | None = None
+    checkpoint: CheckpointArgs | None = None
+
+
+def load_tokenizer(preset: Preset, source: WeightSource) -> tokenizers.Tokenizer:
+    if source.checkpoint is None:
+        return build_chatml_tokenizer(preset.tokenizer_vocab)
+    for name, path in source.checkpoint.pairs():
+        if not Path(path).exists():
+            raise CheckpointError(f"--{name} {path}: not found; give a local folder (config.json + *.safetensors), "
+                                  f"downloads are never attempted")
+    folder = source.checkpoint.tokenizer_dir
+    if folder is None:
+        raise CheckpointError("separate checkpoints need --llm DIR (it holds tokenizer.json)")
+    path = folder / TOKENIZER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; the LLM checkpoint folder must hold the model's tokenizer.json "
+                              f"(Hugging Face `tokenizers` format)")
+    try:
+        return tokenizers.Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for bad JSON
+        raise CheckpointError(f"{path}: not a readable tokenizer.json ({e})") from None
+
+
+def build_model(preset: Preset, source: WeightSource, tokenizer: tokenizers.Tokenizer):
+    """The PyTorch model with its weights, and the manifest's SourceSpec describing them."""
+    tokens = token_spec_from_tokenizer(tokenizer)
+    if tokenizer.get_vocab_size(with_added_tokens=True) > preset.decoder.vocab_size:
+        raise CheckpointError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, more than the decoder's "
+                              f"vocab_size {preset.decoder.vocab_size} (preset {preset.name!r})")
+    with torch.device("meta"):  # no default init: every tensor is written below (2B values at full size)
+        model = FlashVL(preset, image_pad_id=tokens.image_pad_id)
+    model = model.to_empty(device="cpu").eval()
+    if source.checkpoint is None:
+        with progress.step(f"random weights, seed {source.seed}"):
+            random_weights(model, source.seed)
+        spec = SourceSpec(kind="random", seed=source.seed, checkpoint=(), checkpoint_args=())
+    else:
+        with progress.step("loading checkpoint tensors"):
+            files = load_checkpoint(model, source.checkpoint, progress.counter("tensors"))
+        spec = SourceSpec(kind="checkpoint", seed=-1, checkpoint=files,
+                          checkpoint_args=source.checkpoint.pairs())
+    return model, tokens, spec
+
+
+def export_engine(preset: Preset, source: WeightSource, out: Path) -> Manifest:
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (MANIFEST_FILE, ".verified.json"):  # a half-written folder must never look complete
+        (out / stale).unlink(missing_ok=True)
+    tokenizer = load_tokenizer(preset, source)
+    model, tokens, source_spec = build_model(preset, source, tokenizer)
+    tokenizer.save(str(out / TOKENIZER_FILE))
+
+    with progress.step("exporting vision.onnx (vision tower + adapter)"):
+        vision = export_vision(model, out / "vision.onnx")
+    with progress.step("exporting decoder.onnx"):
+        decoder = export_decoder(model, out / "decoder.onnx")
+    del model
+
+    names = ["vision.onnx", "vision.onnx.data", "decoder.onnx", "decoder.onnx.data", TOKENIZER_FILE]
+    with progress.step("hashing files"):
+        files = tuple(file_entry(out / n, n) for n in names)
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, model=preset.model, preset=preset.name,
+        exporter=f"flash-vl-export {EXPORTER_VERSION}, torch {torch.__version__}, onnx {onnx.__version__}, "
+                 f"opset {OPSET}",
+        vision=preset.vision, adapter=preset.adapter, decoder=preset.decoder, tokens=tokens, chat=preset.chat,
+        preprocess=preset.preprocess, graphs=GraphsSpec(vision=vision, decoder=decoder), tokenizer=TOKENIZER_FILE,
+        files=files, source=source_spec)
+    (out / MANIFEST_FILE).write_text(manifest.to_json())  # written last, once: its presence means complete
+    return manifest
+
+
+def with_max_seq_len(preset: Preset, max_seq_len: int | None) -> Preset:
+    if max_seq_len is None:
+        return preset
+    return replace(preset, decoder=replace(preset.decoder, max_seq_len=max_seq_len))

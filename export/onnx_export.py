@@ -1,0 +1,92 @@
+"""Trace the two parts to ONNX (torch.export -> onnxscript), tidy the graphs, save them.
+
+Inputs: an `export.model.FlashVL` with weights.  Outputs: vision.onnx / decoder.onnx with
+their weights in one external-data file each (`<name>.data`: needed past 2 GB, and it lets
+ONNX Runtime map the weights instead of copying them), and the `GraphSpec` I/O tables the
+manifest records.  Names come from `runtime.graph_io`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch.export import Dim
+
+from export.model import FlashVL
+from runtime import graph_io as io
+from runtime.manifest import GraphSpec, TensorSpec
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
+
+
+def export_vision(model: FlashVL, path: Path) -> GraphSpec:
+    p = model.preset
+    pixels = torch.zeros(2, 3, p.preprocess.height, p.preprocess.width)
+    batch = Dim("batch", min=1, max=64)
+    _export(model.vision_graph, (pixels,), path, [io.PIXEL_VALUES], [io.IMAGE_EMBEDS],
+            dynamic_shapes=({0: batch},))
+    return graph_spec(path)
+
+
+def export_decoder(model: FlashVL, path: Path) -> GraphSpec:
+    d = model.preset.decoder
+    b, s, n, past = 2, 3, 2, 4  # example sizes; all four are dynamic in the graph
+    ids = torch.zeros(b, s, dtype=torch.int64)
+    image = torch.zeros(b, n, d.dim)
+    pos = torch.arange(past, past + s, dtype=torch.int64).expand(b, s).contiguous()
+    kv = [torch.zeros(past, b, d.n_kv_heads, d.head_dim) for _ in range(2 * d.n_layers)]
+    batch = Dim("batch", min=1, max=64)
+    seq = Dim("seq", min=1, max=d.max_seq_len)
+    image_seq = Dim("image_seq", min=0, max=d.max_seq_len)
+    past_seq = Dim("past_seq", min=0, max=d.max_seq_len)
+    # *past is one varargs entry for torch.export: its shapes go in one nested list.
+    dyn = ({0: batch, 1: seq}, {0: batch, 1: image_seq}, {0: batch, 1: seq}, tuple({0: past_seq, 1: batch} for _ in kv))
+    _export(model.decoder, (ids, image, pos, *kv), path, io.decoder_input_names(d.n_layers),
+            io.decoder_output_names(d.n_layers), dynamic_shapes=dyn)
+    return graph_spec(path)
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_shapes) -> None:
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, args, dynamo=True, input_names=input_names,
+                                    output_names=output_names, dynamic_shapes=dynamic_shapes,
+                                    opset_version=OPSET, optimize=True, verbose=False, external_data=True)
+    proto = program.model_proto
+    _check_names(proto, path, input_names, output_names)
+    data = path.name + ".data"
+    for f in (path, path.with_name(data)):
+        f.unlink(missing_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data, size_threshold=1024)  # small shape constants stay inline
+
+
+def _check_names(proto: onnx.ModelProto, path: Path, inputs, outputs) -> None:
+    got_in = [i.name for i in proto.graph.input]
+    got_out = [o.name for o in proto.graph.output]
+    assert got_in == list(inputs), f"{path.name}: exporter produced inputs {got_in}, expected {list(inputs)}"
+    assert got_out == list(outputs), f"{path.name}: exporter produced outputs {got_out}, expected {list(outputs)}"
+
+
+def graph_spec(path: Path) -> GraphSpec:
+    """The I/O table of a saved graph, read back from the file itself."""
+    proto = onnx.load(str(path), load_external_data=False)
+
+    def specs(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = tuple(d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim)
+            out.append(TensorSpec(name=v.name, dtype=_DTYPES[t.elem_type], shape=shape))
+        return tuple(out)
+
+    return GraphSpec(file=path.name, precision="fp32", inputs=specs(proto.graph.input),
+                     outputs=specs(proto.graph.output))

@@ -1,0 +1,128 @@
+"""`python -m export.reference`: the PyTorch model on the very weights an engine folder came from.
+
+    python -m export.reference --engine engines/tiny --image samples/shapes.png \
+        --prompt "Describe the image." --max-new-tokens 32 --json
+
+The manifest's `source` says how to rebuild them: preset + seed for random weights, or
+the checkpoint paths, whose sizes and sha256 must still match.  Image preprocessing and
+the chat template are the runtime's own functions (one truth on both sides); the model,
+the KV cache and greedy decoding are PyTorch.  The JSON has the runtime's keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.build import WeightSource, build_model, load_tokenizer
+from export.presets import Preset, get_preset
+from export.weights import CheckpointArgs, CheckpointError
+from runtime.chat import ChatTokenizer
+from runtime.errors import FlashVLError
+from runtime.files import sha256_of
+from runtime.generate import check_prompt_fits
+from runtime.image import load_image, preprocess
+from runtime.manifest import Manifest, load_manifest
+
+
+def rebuild(manifest: Manifest):
+    """The PyTorch model of the manifest, with the weights it was exported from."""
+    preset = get_preset(manifest.preset)
+    preset = Preset(**{**preset.__dict__, "decoder": manifest.decoder})  # max_seq_len as exported
+    for part in ("vision", "adapter", "decoder", "preprocess"):
+        if getattr(preset, part) != getattr(manifest, part):
+            raise FlashVLError(f"manifest {part} differs from preset {preset.name!r} of this exporter; "
+                               f"re-export the engine folder with this version")
+    src = manifest.source
+    if src is None:
+        raise FlashVLError("manifest has no weight source; re-export the engine folder")
+    if src.kind == "random":
+        source = WeightSource(seed=src.seed)
+    else:
+        for f in src.checkpoint:
+            p = Path(f.path)
+            if not p.is_file() or p.stat().st_size != f.bytes or sha256_of(p) != f.sha256:
+                raise CheckpointError(f"{p}: missing or changed since the engine folder was exported; the "
+                                      f"reference needs the same checkpoint")
+        source = WeightSource(checkpoint=CheckpointArgs(**{k: Path(v) for k, v in src.checkpoint_args}))
+    model, tokens, _ = build_model(preset, source, load_tokenizer(preset, source))
+    if tokens != manifest.tokens:
+        raise FlashVLError("tokenizer special tokens differ from the manifest's; re-export the engine folder")
+    return model
+
+
+@torch.no_grad()
+def greedy(model, prompt_ids: np.ndarray, embeds: torch.Tensor | None, max_new_tokens: int, stop_ids, max_seq_len):
+    """Greedy decoding with a torch KV cache: prefill, then one token per step."""
+    dec = model.decoder
+    past = dec.empty_past(1)
+    image = embeds if embeds is not None else torch.zeros(1, 0, dec.spec.dim)
+    ids = torch.from_numpy(prompt_ids)[None, :]  # [1, P]
+    pos, out = 0, []
+    steps = min(max_new_tokens, max_seq_len - len(prompt_ids) + 1)
+    while True:
+        positions = torch.arange(pos, pos + ids.shape[1])[None, :]  # [1, S]
+        logits, *new = dec(ids, image, positions, *past)
+        past = [torch.cat((p, n), dim=0) for p, n in zip(past, new)]  # [pos+S, 1, Hkv, hd]
+        pos += ids.shape[1]
+        token = int(torch.argmax(logits[0]))
+        out.append(token)
+        if token in stop_ids:
+            return out, "stop"
+        if len(out) >= steps:
+            return out, "length"
+        ids = torch.tensor([[token]])
+        image = torch.zeros(1, 0, dec.spec.dim)
+
+
+def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, system: str | None) -> dict:
+    manifest = load_manifest(engine)
+    model = rebuild(manifest)
+    tok = ChatTokenizer.load(engine / manifest.tokenizer, manifest.tokens, manifest.chat)
+    t0 = time.perf_counter()
+    embeds = None
+    if image is not None:
+        pre = manifest.preprocess
+        pixels = preprocess(load_image(image, background=pre.alpha_background), pre)  # [1, 3, H, W]
+        with torch.no_grad():
+            embeds = model.vision_graph(torch.from_numpy(pixels))  # [1, image_tokens, dim]
+    t1 = time.perf_counter()
+    image_tokens = 0 if embeds is None else embeds.shape[1]
+    ids = tok.encode_prompt(prompt, image_tokens=image_tokens, system=system)
+    check_prompt_fits(len(ids), image_tokens, manifest.decoder.max_seq_len)
+    stops = manifest.tokens.stop_ids
+    tokens, reason = greedy(model, ids, embeds, max_new_tokens, stops, manifest.decoder.max_seq_len)
+    t2 = time.perf_counter()
+    out = [t for t in tokens if t not in stops]
+    return {"text": tok.decode(out), "token_ids": out, "image_tokens": image_tokens, "prompt_tokens": len(ids),
+            "finish_reason": reason, "timings": {"vision_ms": round((t1 - t0) * 1e3, 3),
+                                                 "generate_ms": round((t2 - t1) * 1e3, 3)}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m export.reference", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", required=True, type=Path)
+    ap.add_argument("--image", type=Path)
+    ap.add_argument("--prompt", default="Describe the image.")
+    ap.add_argument("--system", default=None)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--json", action="store_true", help="print one JSON object (the runtime's keys)")
+    args = ap.parse_args(argv)
+    try:
+        result = run(args.engine, args.image, args.prompt, args.max_new_tokens, args.system)
+    except FlashVLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, ensure_ascii=False) if args.json else result["text"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

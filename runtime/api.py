@@ -1,0 +1,139 @@
+"""Python API for embedded apps.
+
+    from runtime import FlashVL, SamplingConfig
+    vl = FlashVL.load("engines/tiny")                     # checks manifest, hashes, graphs
+    for piece in vl.stream("cat.jpg", "Describe the image."):
+        print(piece, end="", flush=True)
+    result = vl.generate(frame_bgr, "What is here?")      # NumPy frames are BGR unless channels="rgb"
+    result.text, result.token_ids, result.timings.ttft_ms
+
+An image is a path, encoded bytes (PNG/JPEG/...), a NumPy array (H x W x 3 BGR by
+default, as OpenCV cameras give; `channels="rgb"` for RGB; gray, BGRA/RGBA and 16-bit
+work), or None for a text-only prompt.  A FlashVL object serves one request at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from runtime.chat import ChatTokenizer
+from runtime.errors import FlashVLError
+from runtime.files import verify_files
+from runtime.generate import LoopState, Timings, check_prompt_fits, decode_loop
+from runtime.image import load_image, preprocess
+from runtime.manifest import Manifest, load_manifest
+from runtime.ort_backend import OrtDecoder, OrtVision
+from runtime.sampling import Sampler, SamplingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Result:
+    text: str
+    token_ids: list[int]  # generated ids, the stop token excluded
+    prompt_tokens: int
+    image_tokens: int
+    finish_reason: str  # "stop" | "length"
+    timings: Timings
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "token_ids": self.token_ids, "image_tokens": self.image_tokens,
+                "prompt_tokens": self.prompt_tokens, "finish_reason": self.finish_reason,
+                "timings": self.timings.as_dict()}
+
+
+class Generation:
+    """An iterator of text pieces; `.result` is set once it is exhausted."""
+
+    def __init__(self, pieces: Iterator[str]):
+        self._pieces = pieces
+        self.result: Result | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+
+class FlashVL:
+    def __init__(self, engine_dir: Path, manifest: Manifest, vision, decoder, tokenizer: ChatTokenizer):
+        self.engine_dir = engine_dir
+        self.manifest = manifest
+        self.vision = vision
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, engine_dir: str | Path, threads: int | None = None, max_seq_len: int | None = None) -> FlashVL:
+        """Open an engine folder; raise FlashVLError (one line, with the fix) if anything is off."""
+        engine_dir = Path(engine_dir)
+        manifest = load_manifest(engine_dir)
+        verify_files(engine_dir, manifest.files)
+        g = manifest.graphs
+        tokenizer = ChatTokenizer.load(engine_dir / manifest.tokenizer, manifest.tokens, manifest.chat)
+        vision = OrtVision(engine_dir / g.vision.file, g.vision, threads)
+        decoder = OrtDecoder(engine_dir / g.decoder.file, g.decoder, manifest.decoder, threads, max_seq_len)
+        log.info("loaded %s (%s) from %s", manifest.model, manifest.preset, engine_dir)
+        return cls(engine_dir, manifest, vision, decoder, tokenizer)
+
+    # ------------------------------------------------------------------ requests
+
+    def stream(self, image, prompt: str, *, max_new_tokens: int = 128, sampling: SamplingConfig | None = None,
+               system: str | None = None, channels: str = "bgr") -> Generation:
+        """Start a request; iterate the result for text pieces as they are decoded."""
+        if max_new_tokens < 1:
+            raise FlashVLError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if not isinstance(prompt, str):
+            raise FlashVLError(f"prompt must be a string, got {type(prompt).__name__}")
+        gen = Generation(iter(()))
+        gen._pieces = self._run(gen, image, prompt, max_new_tokens, sampling or SamplingConfig(), system, channels)
+        return gen
+
+    def generate(self, image, prompt: str, **kwargs) -> Result:
+        gen = self.stream(image, prompt, **kwargs)
+        for _ in gen:
+            pass
+        return gen.result
+
+    def encode_image(self, image, channels: str = "bgr", timings: Timings | None = None) -> np.ndarray:
+        """image -> [1, image_tokens, dim] embeddings."""
+        t = timings or Timings()
+        t0 = time.perf_counter()
+        pre = self.manifest.preprocess
+        pixels = preprocess(load_image(image, channels=channels, background=pre.alpha_background), pre)  # [1, 3, H, W]
+        t1 = time.perf_counter()
+        embeds = self.vision.encode(pixels)  # [1, image_tokens, dim]
+        t.preprocess_ms, t.vision_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+        return embeds
+
+    def _run(self, gen: Generation, image, prompt, max_new_tokens, sampling, system, channels) -> Iterator[str]:
+        state = LoopState(timings=Timings(), t_start=time.perf_counter())
+        embeds = None if image is None else self.encode_image(image, channels, state.timings)
+        image_tokens = 0 if embeds is None else embeds.shape[1]
+        ids = self.tokenizer.encode_prompt(prompt, image_tokens=image_tokens, system=system)  # [P]
+        check_prompt_fits(len(ids), image_tokens, self.decoder.max_seq_len)
+        stops = self.manifest.tokens.stop_ids
+        text = self.tokenizer.stream_decoder()
+        pieces = []
+        for token in decode_loop(self.decoder, ids, embeds, Sampler(sampling), max_new_tokens, stops, state):
+            if token in stops:
+                continue
+            piece = text.push(token)
+            if piece:
+                pieces.append(piece)
+                yield piece
+        tail = text.flush()
+        if tail:
+            pieces.append(tail)
+            yield tail
+        out = [t for t in state.tokens if t not in stops]
+        gen.result = Result(text="".join(pieces), token_ids=out, prompt_tokens=len(ids), image_tokens=image_tokens,
+                            finish_reason=state.finish_reason, timings=state.timings)

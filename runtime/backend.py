@@ -1,0 +1,44 @@
+"""The small interface every backend implements; the decode loop knows nothing else.
+
+VisionEngine.encode(pixels [B,3,H,W] f32) -> image_embeds [B,image_tokens,dim] f32
+DecoderEngine.forward(input_ids [1,S] i64, image_embeds [1,N,dim] f32, pos) -> logits [1,vocab] f32
+    Runs positions pos..pos+S-1 against cache rows 0..pos-1, writes their K/V into rows
+    pos..pos+S-1 of the engine's own cache (allocated once at max_seq_len), and returns the
+    last position's logits.  The returned array may be reused by the next call.
+
+ONNX Runtime implements it in `runtime.ort_backend`; TensorRT will implement the same.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from runtime.errors import EngineError
+from runtime.manifest import GraphSpec
+
+
+class VisionEngine(Protocol):
+    def encode(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+class DecoderEngine(Protocol):
+    max_seq_len: int
+
+    def forward(self, input_ids: np.ndarray, image_embeds: np.ndarray, pos: int) -> np.ndarray: ...
+
+
+def check_graph_io(path, spec: GraphSpec, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]]):
+    """Compare a loaded graph's (name, dtype, shape) lists with the manifest's I/O table."""
+    for kind, got, want in (("input", inputs, spec.inputs), ("output", outputs, spec.outputs)):
+        got_names = [g[0] for g in got]
+        want_names = [w.name for w in want]
+        if got_names != want_names:
+            raise EngineError(f"{path}: graph {kind}s {got_names[:6]}..., manifest.json lists {want_names[:6]}...; "
+                              f"the folder mixes files from two exports, re-export it")
+        for (name, dtype, shape), w in zip(got, want):
+            if dtype != w.dtype or len(shape) != len(w.shape) or any(
+                    isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(shape, w.shape)):
+                raise EngineError(f"{path}: {kind} '{name}' is {dtype}{list(shape)}, manifest.json says "
+                                  f"{w.dtype}{list(w.shape)}; re-export the engine folder")

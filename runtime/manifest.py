@@ -1,0 +1,339 @@
+"""The engine-folder manifest: the one contract between the exporter and the runtime.
+
+`export/` builds a `Manifest` and writes it once as `manifest.json`; the runtime
+reads it with `load_manifest`, which checks the schema version, every field's
+type, unknown or missing keys, and (through `runtime.files`) the files' sizes and
+sha256.  Nothing about a model is inferred from file or folder names.
+
+Layout of an engine folder (schema 1):
+
+    manifest.json          this dataclass, as JSON
+    vision.onnx(+.data)    pixels [B,3,H,W] f32 -> image_embeds [B,image_tokens,dim] f32
+    decoder.onnx(+.data)   ids + image embeds + positions + past K/V -> last logits + new K/V
+    tokenizer.json         Hugging Face `tokenizers` file with the ChatML special tokens
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.errors import EngineError
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+# A dimension is a fixed int or a symbolic name ("batch", "seq", "past_seq", ...).
+Dim = typing.Union[int, str]
+
+
+@dataclass(frozen=True)
+class VisionSpec:
+    """The vision tower (SigLIP family): pixels -> patch features."""
+
+    family: str  # "siglip"
+    image_size: int  # square input side, pixels
+    patch_size: int
+    width: int  # hidden size of the tower
+    n_layers: int
+    n_heads: int
+    mlp_dim: int
+    act: str  # "gelu_tanh"
+    norm_eps: float
+    feature: str  # which hidden state feeds the adapter: "post_layernorm"
+
+    def __post_init__(self):
+        _one_of("vision.family", self.family, ("siglip",))
+        _one_of("vision.feature", self.feature, ("post_layernorm",))
+        _one_of("vision.act", self.act, ("gelu_tanh",))
+        if self.image_size % self.patch_size:
+            raise EngineError(
+                f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def n_patches(self) -> int:
+        return self.grid * self.grid
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Pixel shuffle (space-to-depth) then LayerNorm -> Linear -> GELU -> Linear."""
+
+    kind: str  # "pixel_shuffle_mlp"
+    shuffle_factor: int
+    shuffle_order: str  # "internvl": the channel order of InternVL's pixel_shuffle
+    in_dim: int  # vision width * factor**2
+    hidden_dim: int
+    out_dim: int  # decoder dim
+    norm_eps: float
+    image_tokens: int  # tokens per image handed to the decoder
+
+    def __post_init__(self):
+        _one_of("adapter.kind", self.kind, ("pixel_shuffle_mlp",))
+        _one_of("adapter.shuffle_order", self.shuffle_order, ("internvl",))
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """The Qwen2-style language model."""
+
+    family: str  # "qwen2"
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int  # SwiGLU inner width
+    norm_eps: float
+    rope_theta: float
+    vocab_size: int
+    tied_embeddings: bool
+    max_seq_len: int  # context window the graph and the KV cache are built for
+    kv_layout: str  # "seq_major": K/V tensors are [seq, batch, n_kv_heads, head_dim]
+
+    def __post_init__(self):
+        _one_of("decoder.family", self.family, ("qwen2",))
+        _one_of("decoder.kv_layout", self.kv_layout, ("seq_major",))
+        if self.n_heads % self.n_kv_heads:
+            raise EngineError(
+                f"decoder.n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """Special tokens, as strings and ids of tokenizer.json."""
+
+    im_start: str
+    im_end: str
+    image_start: str
+    image_pad: str  # placeholder id; the decoder graph swaps these rows for image embeddings
+    image_end: str
+    eos: str
+    im_start_id: int
+    im_end_id: int
+    image_start_id: int
+    image_pad_id: int
+    image_end_id: int
+    eos_id: int
+    stop_ids: tuple[int, ...]  # generation stops on any of these
+
+
+@dataclass(frozen=True)
+class ChatSpec:
+    """The ChatML prompt: system turn, user turn with the image first, assistant prefix."""
+
+    format: str  # "chatml"
+    default_system: str  # "" means: no system turn
+    image_placement: str  # "before_text": <image>\n{prompt}
+
+    def __post_init__(self):
+        _one_of("chat.format", self.format, ("chatml",))
+        _one_of("chat.image_placement", self.image_placement, ("before_text",))
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an RGB uint8 image becomes the vision graph's input tensor."""
+
+    height: int
+    width: int
+    resample: str  # "pil_bicubic": PIL's antialiased bicubic, as the HF SigLIP processor
+    rescale: float  # multiply uint8 values by this (1/255)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    alpha_background: tuple[int, int, int]  # RGBA images are composited on this colour
+
+    def __post_init__(self):
+        _one_of("preprocess.resample", self.resample, ("pil_bicubic",))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64", ...
+    shape: tuple[Dim, ...]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    file: str  # relative to the engine folder
+    precision: str  # "fp32"
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def __post_init__(self):
+        _one_of("graph.precision", self.precision, ("fp32",))
+
+    def input(self, name: str) -> TensorSpec:
+        return _by_name(self.inputs, name, self.file)
+
+    def output(self, name: str) -> TensorSpec:
+        return _by_name(self.outputs, name, self.file)
+
+
+@dataclass(frozen=True)
+class GraphsSpec:
+    vision: GraphSpec
+    decoder: GraphSpec
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the engine folder
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where the weights came from, so `export.reference` can rebuild the very same model."""
+
+    kind: str  # "random" | "checkpoint"
+    seed: int  # for "random"; -1 otherwise
+    checkpoint: tuple[FileEntry, ...]  # for "checkpoint": absolute paths with size and sha256
+    checkpoint_args: tuple[tuple[str, str], ...]  # ("checkpoint"|"vision"|"llm"|"adapter", path)
+
+    def __post_init__(self):
+        _one_of("source.kind", self.kind, ("random", "checkpoint"))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    schema_version: int
+    model: str  # human name, e.g. "flash-vl-2b-static"
+    preset: str  # export preset the architecture came from
+    exporter: str  # "flash-vl-export <version>, torch <version>, onnx opset <n>"
+    vision: VisionSpec
+    adapter: AdapterSpec
+    decoder: DecoderSpec
+    tokens: TokenSpec
+    chat: ChatSpec
+    preprocess: PreprocessSpec
+    graphs: GraphsSpec
+    tokenizer: str  # relative path of tokenizer.json
+    files: tuple[FileEntry, ...] = field(default=())
+    source: SourceSpec | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_manifest(engine_dir: str | Path) -> Manifest:
+    """Read `engine_dir/manifest.json` strictly; raise EngineError with the fix on any problem."""
+    engine_dir = Path(engine_dir)
+    if not engine_dir.exists():
+        raise EngineError(
+            f"{engine_dir}: engine folder not found; export one with "
+            f"`python -m export --preset tiny --random-weights --out {engine_dir}`")
+    if not engine_dir.is_dir():
+        raise EngineError(f"{engine_dir}: is a file, expected an engine folder holding {MANIFEST_FILE}")
+    path = engine_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise EngineError(
+            f"{path}: missing; {engine_dir} is not an engine folder (expected {MANIFEST_FILE} "
+            f"written by `python -m export`)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EngineError(f"{path}: not valid JSON ({e}); re-export the engine folder") from None
+    if not isinstance(raw, dict):
+        raise EngineError(f"{path}: expected a JSON object, got {type(raw).__name__}; re-export the engine folder")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise EngineError(
+            f"{path}: manifest schema version {version!r}, this runtime reads version {SCHEMA_VERSION}; "
+            f"re-export the engine folder with this version's `python -m export`")
+    try:
+        return parse_manifest(raw)
+    except EngineError as e:
+        raise EngineError(f"{path}: {e}; re-export the engine folder") from None
+
+
+def parse_manifest(raw: dict) -> Manifest:
+    return _build(Manifest, raw, "manifest")
+
+
+def _build(cls, value, where: str):
+    """Build dataclass `cls` from JSON `value`, checking keys and types exactly."""
+    if not isinstance(value, dict):
+        raise EngineError(f"{where}: expected an object, got {type(value).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise EngineError(f"{where}: unknown keys {unknown}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in value:
+            if f.default is not dataclasses.MISSING:
+                continue
+            raise EngineError(f"{where}: missing key '{name}'")
+        kwargs[name] = _convert(hints[name], value[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _convert(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except EngineError as e:
+                errors.append(str(e))
+        raise EngineError(f"{where}: {value!r} matches none of {[getattr(a, '__name__', a) for a in args]}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise EngineError(f"{where}: expected a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise EngineError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise EngineError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EngineError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EngineError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise EngineError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(f"manifest type {tp} at {where} has no converter")
+
+
+def _one_of(what: str, got, allowed: tuple):
+    if got not in allowed:
+        raise EngineError(f"{what} must be one of {list(allowed)}, got {got!r}")
+
+
+def _by_name(specs: tuple[TensorSpec, ...], name: str, file: str) -> TensorSpec:
+    for s in specs:
+        if s.name == name:
+            return s
+    raise EngineError(f"{file}: no tensor named '{name}' in the manifest's I/O table")

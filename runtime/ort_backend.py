@@ -1,0 +1,102 @@
+"""ONNX Runtime backend (CPU): the embedded default.
+
+The decoder's KV cache is one NumPy buffer allocated once:
+
+    cache [n_layers, 2, max_seq_len, batch, n_kv_heads, head_dim] f32   (2 = K, V)
+
+Rows 0..pos-1 of a layer's K are one contiguous block (seq-major), so each call binds
+`past_key.i` to the block's start with shape [pos, ...] and `new_key.i` to row `pos`
+with shape [S, ...] through IOBinding: ONNX Runtime reads the past and writes the new
+rows in place, and Python copies no K/V byte.  Logits land in a preallocated [batch, vocab].
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime import graph_io as io
+from runtime.backend import check_graph_io
+from runtime.errors import EngineError
+from runtime.manifest import DecoderSpec, GraphSpec
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
+              "tensor(int32)": "int32"}
+
+
+def session_options(threads: int | None, prepack: bool = True) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or os.cpu_count() or 1
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    return so
+
+
+def open_session(path: Path, spec: GraphSpec, so: ort.SessionOptions) -> ort.InferenceSession:
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for every load failure
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EngineError(f"{path}: ONNX Runtime cannot load it ({first}); re-export the engine folder") from None
+
+    def table(args):
+        return [(a.name, _ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
+
+    check_graph_io(path, spec, table(sess.get_inputs()), table(sess.get_outputs()))
+    return sess
+
+
+class OrtVision:
+    def __init__(self, path: Path, spec: GraphSpec, threads: int | None):
+        self.session = open_session(path, spec, session_options(threads))
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        # [B, 3, H, W] f32 -> [B, image_tokens, dim] f32
+        return self.session.run([io.IMAGE_EMBEDS], {io.PIXEL_VALUES: np.ascontiguousarray(pixels, np.float32)})[0]
+
+
+class OrtDecoder:
+    def __init__(self, path: Path, spec: GraphSpec, dec: DecoderSpec, threads: int | None,
+                 max_seq_len: int | None = None, batch: int = 1):
+        # Tied embeddings: one [vocab, dim] table feeds Gather and the logits Gemm.  Pre-packing
+        # would give the Gemm a second, packed copy (0.93 GB at full size), so it is off for them.
+        self.session = open_session(path, spec, session_options(threads, prepack=not dec.tied_embeddings))
+        self.dec = dec
+        self.batch = batch
+        self.max_seq_len = min(max_seq_len or dec.max_seq_len, dec.max_seq_len)
+        self.cache = np.zeros((dec.n_layers, 2, self.max_seq_len, batch, dec.n_kv_heads, dec.head_dim),
+                              np.float32)  # [L, 2, T, B, Hkv, hd]
+        self.logits = np.zeros((batch, dec.vocab_size), np.float32)  # [B, V]
+        self.no_image = np.zeros((batch, 0, dec.dim), np.float32)  # [B, 0, D]
+
+    def forward(self, input_ids: np.ndarray, image_embeds: np.ndarray | None, pos: int) -> np.ndarray:
+        b, s = input_ids.shape
+        assert b == self.batch and 0 <= pos and pos + s <= self.max_seq_len, (input_ids.shape, pos)
+        positions = np.arange(pos, pos + s, dtype=np.int64)[None, :].repeat(b, 0)  # [B, S]
+        image = self.no_image if image_embeds is None else np.ascontiguousarray(image_embeds, np.float32)
+        ids = np.ascontiguousarray(input_ids, np.int64)
+
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(io.INPUT_IDS, ids)
+        binding.bind_cpu_input(io.IMAGE_EMBEDS, image)
+        binding.bind_cpu_input(io.POSITION_IDS, positions)
+        kv_row = self.batch * self.dec.n_kv_heads * self.dec.head_dim  # floats per cache row
+        for i in range(self.dec.n_layers):
+            for j, (past, new) in enumerate(((io.past_key(i), io.new_key(i)), (io.past_value(i), io.new_value(i)))):
+                block = self.cache[i, j]  # [T, B, Hkv, hd], contiguous
+                base = block.ctypes.data
+                shape = [b, self.dec.n_kv_heads, self.dec.head_dim]
+                binding.bind_input(past, "cpu", 0, np.float32, [pos] + shape, base)
+                binding.bind_output(new, "cpu", 0, np.float32, [s] + shape, base + pos * kv_row * 4)
+        binding.bind_output(io.LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+        self.session.run_with_iobinding(binding)
+        return self.logits  # [B, V]

@@ -1,0 +1,39 @@
+"""Flash-VL edge runtime and export pipeline.
+
+    pip install -e .            runtime only: numpy, opencv, tokenizers, onnxruntime (no torch)
+    pip install -e .[export]    + the PyTorch export pipeline and reference (torch pinned to the CPU build)
+    pip install -e .[test]      + test tools (with [export]: the parity tests need the reference)
+"""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "numpy>=1.24",
+    "opencv-python-headless>=4.8",
+    "tokenizers>=0.20",
+    "onnxruntime>=1.18",
+]
+EXPORT = [
+    # Pinned: an unpinned torch pulls several GB of CUDA wheels; 2.13.0 is the local CPU build.
+    "torch==2.13.0",
+    "onnx>=1.17",
+    "onnxscript>=0.3",
+    "safetensors>=0.4",
+    "transformers>=4.50",  # reference implementations (SigLIP, Qwen2) for parity tests, HF checkpoint configs
+    "pillow>=10",  # the transformers image processor used as the preprocessing reference
+]
+TEST = ["pytest>=8", "hypothesis>=6.100"]
+
+setup(
+    name="flash-vl-edge",
+    version="0.1.0",
+    description="Edge runtime for the Flash-VL 2B vision-language model: ONNX export, ONNX Runtime / TensorRT runtime",
+    packages=find_packages(include=["runtime", "runtime.*", "export", "export.*"]),
+    python_requires=">=3.10",
+    install_requires=RUNTIME,
+    extras_require={
+        "export": EXPORT,
+        "trt": [],  # TensorRT + a CUDA binding: installed from JetPack / NVIDIA's index (see README)
+        "test": TEST,
+    },
+)

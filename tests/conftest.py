@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny engine folder exported once per test session, and CLI runners."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env_extra: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python <args>` from the repo root, as a user would."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """A user mistake: exit 2, one `error:` line on stderr naming what is wrong, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith("[")]  # [..s] = export progress
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory) -> Path:
+    """engines/tiny as `python -m export --preset tiny --random-weights --seed 0` writes it."""
+    from export.build import WeightSource, export_engine
+    from export.presets import get_preset
+
+    out = tmp_path_factory.mktemp("engines") / "tiny"
+    export_engine(get_preset("tiny"), WeightSource(seed=0), out)
+    return out
+
+
+@pytest.fixture()
+def engine_copy(tiny_engine, tmp_path) -> Path:
+    """A private copy of the tiny engine that a test may damage."""
+    dst = tmp_path / "engine"
+    shutil.copytree(tiny_engine, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def test_images(tmp_path_factory) -> dict[str, Path]:
+    """Images of different sizes, aspect ratios and formats, written by OpenCV."""
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(7)
+    out = {}
+    scene = np.full((300, 400, 3), (200, 180, 40), np.uint8)
+    cv2.circle(scene, (120, 150), 60, (0, 0, 255), -1)
+    cv2.rectangle(scene, (230, 60), (360, 220), (255, 255, 255), -1)
+    out["scene"] = d / "scene.png"
+    cv2.imwrite(str(out["scene"]), scene)
+    out["wide_jpeg"] = d / "wide.jpg"
+    cv2.imwrite(str(out["wide_jpeg"]), cv2.resize(scene, (900, 120)))
+    out["tall_small"] = d / "tall.png"
+    cv2.imwrite(str(out["tall_small"]), rng.integers(0, 255, (90, 17, 3), dtype=np.uint8))
+    out["gray"] = d / "gray.png"
+    cv2.imwrite(str(out["gray"]), cv2.cvtColor(scene, cv2.COLOR_BGR2GRAY))
+    rgba = np.dstack([scene, np.linspace(0, 255, 400, dtype=np.uint8)[None, :].repeat(300, 0)])
+    out["rgba"] = d / "rgba.png"
+    cv2.imwrite(str(out["rgba"]), rgba)
+    out["16bit"] = d / "deep.png"
+    cv2.imwrite(str(out["16bit"]), scene.astype(np.uint16) * 257)
+    return out

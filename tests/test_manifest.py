@@ -1,0 +1,91 @@
+"""The manifest is written once and read strictly; every graph matches its I/O table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from runtime import graph_io as io
+from runtime.errors import EngineError
+from runtime.manifest import SCHEMA_VERSION, load_manifest, parse_manifest
+
+
+def test_round_trip(tiny_engine):
+    m = load_manifest(tiny_engine)
+    assert parse_manifest(json.loads(m.to_json())) == m
+    assert m.schema_version == SCHEMA_VERSION
+    assert m.source.kind == "random" and m.source.seed == 0
+    assert {f.path for f in m.files} == {"vision.onnx", "vision.onnx.data", "decoder.onnx", "decoder.onnx.data",
+                                         "tokenizer.json"}
+    assert all(f.bytes > 0 and len(f.sha256) == 64 for f in m.files)
+
+
+def test_every_graph_matches_the_manifest(tiny_engine):
+    m = load_manifest(tiny_engine)
+    d = m.decoder
+    for spec in (m.graphs.vision, m.graphs.decoder):
+        proto = onnx.load(str(tiny_engine / spec.file), load_external_data=False)
+        assert [i.name for i in proto.graph.input] == [t.name for t in spec.inputs]
+        assert [o.name for o in proto.graph.output] == [t.name for t in spec.outputs]
+        sess = ort.InferenceSession(str(tiny_engine / spec.file), providers=["CPUExecutionProvider"])
+        assert [i.name for i in sess.get_inputs()] == [t.name for t in spec.inputs]
+    assert [t.name for t in m.graphs.decoder.inputs] == io.decoder_input_names(d.n_layers)
+    assert [t.name for t in m.graphs.decoder.outputs] == io.decoder_output_names(d.n_layers)
+    assert m.graphs.vision.output(io.IMAGE_EMBEDS).shape == ("batch", m.adapter.image_tokens, d.dim)
+    assert m.graphs.vision.input(io.PIXEL_VALUES).shape == ("batch", 3, m.preprocess.height, m.preprocess.width)
+    assert m.graphs.decoder.input(io.past_key(0)).shape == ("past_seq", "batch", d.n_kv_heads, d.head_dim)
+    assert m.graphs.decoder.output(io.new_value(d.n_layers - 1)).shape == ("seq", "batch", d.n_kv_heads, d.head_dim)
+    assert m.graphs.decoder.output(io.LOGITS).shape == ("batch", d.vocab_size)
+
+
+def test_tied_embeddings_are_one_table_in_the_graph(tiny_engine):
+    m = load_manifest(tiny_engine)
+    proto = onnx.load(str(tiny_engine / m.graphs.decoder.file), load_external_data=False)
+    shape = [m.decoder.vocab_size, m.decoder.dim]
+    tables = [t.name for t in proto.graph.initializer if list(t.dims) in (shape, shape[::-1])]
+    assert len(tables) == 1
+    users = [n.op_type for n in proto.graph.node if tables[0] in n.input]
+    assert sorted(users) == ["Gather", "Gemm"]
+
+
+def _damaged(tiny_engine, tmp_path, edit):
+    raw = json.loads((tiny_engine / "manifest.json").read_text())
+    edit(raw)
+    d = tmp_path / "e"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps(raw))
+    return d
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda r: r.update(schema_version=99), "schema version 99"),
+    (lambda r: r.pop("schema_version"), "schema version None"),
+    (lambda r: r["decoder"].update(n_layers="2"), "decoder.n_layers: expected an integer"),
+    (lambda r: r["decoder"].update(colour="red"), "unknown keys ['colour']"),
+    (lambda r: r["vision"].pop("patch_size"), "missing key 'patch_size'"),
+    (lambda r: r["decoder"].update(kv_layout="head_major"), "kv_layout must be one of"),
+    (lambda r: r["graphs"]["vision"].update(precision="int3"), "precision must be one of"),
+    (lambda r: r["tokens"].update(stop_ids=[1, "x"]), "stop_ids[1]: expected an integer"),
+])
+def test_strict_reading(tiny_engine, tmp_path, edit, needle):
+    with pytest.raises(EngineError) as e:
+        load_manifest(_damaged(tiny_engine, tmp_path, edit))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_not_json(tmp_path):
+    (tmp_path / "manifest.json").write_text("{nope")
+    with pytest.raises(EngineError, match="not valid JSON"):
+        load_manifest(tmp_path)
+
+
+def test_spec_validation_messages():
+    from export.presets import get_preset
+    v = get_preset("tiny").vision
+    with pytest.raises(EngineError, match="not a multiple of patch_size"):
+        dataclasses.replace(v, image_size=65)
