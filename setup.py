@@ -19,7 +19,7 @@ EXPORT = [
     "onnx>=1.17",
     "onnxscript>=0.3",
     "safetensors>=0.4",
-    "transformers>=4.50",  # reference implementations (SigLIP, Qwen2) for parity tests, HF checkpoint configs
+    "transformers>=5.20,<6",  # tested with 5.24; reference implementations (SigLIP, Qwen2) for parity tests, HF checkpoint configs
     "pillow>=10",  # the transformers image processor used as the preprocessing reference
 ]
 TEST = ["pytest>=8", "hypothesis>=6.100"]

@@ -16,7 +16,7 @@ import torch
 
 from export import progress
 from export.model import FlashVL
-from export.onnx_export import OPSET, export_decoder, export_vision
+from export.onnx_export import OPSET, export_decoder, export_embeddings, export_vision
 from export.presets import Preset
 from export.tokenizer import build_chatml_tokenizer, token_spec_from_tokenizer
 from export.weights import CheckpointArgs, CheckpointError, load_checkpoint, random_weights
@@ -25,6 +25,7 @@ from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, GraphsSpec, Manifest
 
 EXPORTER_VERSION = "0.1.0"
 TOKENIZER_FILE = "tokenizer.json"
+EMBEDDINGS_FILE = "embed_tokens.npy"
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def build_model(preset: Preset, source: WeightSource, tokenizer: tokenizers.Toke
         raise CheckpointError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, more than the decoder's "
                               f"vocab_size {preset.decoder.vocab_size} (preset {preset.name!r})")
     with torch.device("meta"):  # no default init: every tensor is written below (2B values at full size)
-        model = FlashVL(preset, image_pad_id=tokens.image_pad_id)
+        model = FlashVL(preset)
     model = model.to_empty(device="cpu").eval()
     if source.checkpoint is None:
         with progress.step(f"random weights, seed {source.seed}"):
@@ -90,9 +91,11 @@ def export_engine(preset: Preset, source: WeightSource, out: Path) -> Manifest:
         vision = export_vision(model, out / "vision.onnx")
     with progress.step("exporting decoder.onnx"):
         decoder = export_decoder(model, out / "decoder.onnx")
+    with progress.step("writing embed_tokens.npy"):
+        embeddings = export_embeddings(model, out / EMBEDDINGS_FILE)
     del model
 
-    names = ["vision.onnx", "vision.onnx.data", "decoder.onnx", "decoder.onnx.data", TOKENIZER_FILE]
+    names = ["vision.onnx", "vision.onnx.data", "decoder.onnx", "decoder.onnx.data", EMBEDDINGS_FILE, TOKENIZER_FILE]
     with progress.step("hashing files"):
         files = tuple(file_entry(out / n, n) for n in names)
     manifest = Manifest(
@@ -100,7 +103,7 @@ def export_engine(preset: Preset, source: WeightSource, out: Path) -> Manifest:
         exporter=f"flash-vl-export {EXPORTER_VERSION}, torch {torch.__version__}, onnx {onnx.__version__}, "
                  f"opset {OPSET}",
         vision=preset.vision, adapter=preset.adapter, decoder=preset.decoder, tokens=tokens, chat=preset.chat,
-        preprocess=preset.preprocess, graphs=GraphsSpec(vision=vision, decoder=decoder), tokenizer=TOKENIZER_FILE,
+        preprocess=preset.preprocess, graphs=GraphsSpec(vision=vision, decoder=decoder), embeddings=embeddings, tokenizer=TOKENIZER_FILE,
         files=files, source=source_spec)
     (out / MANIFEST_FILE).write_text(manifest.to_json())  # written last, once: its presence means complete
     return manifest

@@ -1,7 +1,6 @@
 """Qwen2 decoder, written for ONNX export: one graph serves prefill and decode.
 
-    input_ids [B,S] --Gather(embed_tokens)--> x [B,S,D]
-    image_embeds [B,N,D] --splice at image_pad rows--> x
+    inputs_embeds [B,S,D] (token rows from embed_tokens, image rows spliced in: runtime.embedding)
     position_ids [B,S] --> RoPE cos/sin
     past_key.i / past_value.i [P,B,Hkv,hd] ---+
                                               v
@@ -12,8 +11,9 @@
 The KV cache belongs to the runtime, seq-major (see runtime.graph_io): the graph reads
 rows 0..P-1 and returns only the S new rows.  The causal mask comes from the shapes
 (key j is visible to query i iff j <= P + i), so no mask tensor crosses the boundary.
-Parameter names follow transformers' `Qwen2Model`; with tied embeddings the logits
-reuse `embed_tokens.weight`, one table in the graph.
+Parameter names follow transformers' `Qwen2Model`.  The embedding lookup is not in the
+graph (see runtime.graph_io for why); with tied embeddings the logits reuse
+`embed_tokens.weight`, the graph's only [V,D] table.
 """
 
 from __future__ import annotations
@@ -109,33 +109,20 @@ class Block(nn.Module):
         return x, new_k, new_v
 
 
-def splice_image(x: torch.Tensor, input_ids: torch.Tensor, image_embeds: torch.Tensor, image_pad_id: int):
-    """Replace the rows of image_pad tokens, in order, with the image embeddings."""
-    b, s, d = x.shape
-    is_image = input_ids == image_pad_id  # [B, S]
-    row = torch.cumsum(is_image.to(torch.int64), dim=1) * is_image.to(torch.int64)  # [B, S], 1..N or 0
-    padded = torch.cat((image_embeds.new_zeros(b, 1, d), image_embeds), dim=1)  # [B, N+1, D]
-    rows = torch.gather(padded, 1, row.unsqueeze(-1).expand(b, s, d))  # [B, S, D]
-    return torch.where(is_image.unsqueeze(-1), rows, x)  # [B, S, D]
-
-
 class Decoder(nn.Module):
     """Qwen2ForCausalLM's forward, cut to what generation needs: last-token logits."""
 
-    def __init__(self, spec: DecoderSpec, image_pad_id: int):
+    def __init__(self, spec: DecoderSpec):
         super().__init__()
         self.spec = spec
-        self.image_pad_id = image_pad_id
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.dim)
         self.layers = nn.ModuleList(Block(spec) for _ in range(spec.n_layers))
         self.norm = RMSNorm(spec.dim, spec.norm_eps)
         self.lm_head = None if spec.tied_embeddings else nn.Linear(spec.dim, spec.vocab_size, bias=False)
 
-    def forward(self, input_ids, image_embeds, position_ids, *past):
-        b, s = input_ids.shape
-        p = past[0].shape[0]
-        x = self.embed_tokens(input_ids)  # [B, S, D]
-        x = splice_image(x, input_ids, image_embeds, self.image_pad_id)  # [B, S, D]
+    def forward(self, inputs_embeds, position_ids, *past):
+        x = inputs_embeds  # [B, S, D]
+        s, p = x.shape[1], past[0].shape[0]
         cos, sin = rope_cos_sin(position_ids, self.spec.head_dim, self.spec.rope_theta)  # [B, S, 1, hd]
         q_pos = torch.arange(s, dtype=torch.int64) + p  # [S]
         k_pos = torch.arange(p + s, dtype=torch.int64)  # [T]

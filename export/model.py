@@ -1,7 +1,7 @@
 """The composite Flash-VL model: the two exported parts and how they are built.
 
 VisionGraph: pixels [B,3,H,W] -> image_embeds [B,image_tokens,dim]   (vision.onnx)
-Decoder:     see export.decoder                                       (decoder.onnx)
+Decoder:     see export.decoder                                       (decoder.onnx + embed_tokens.npy)
 
 State-dict keys are `vision.<SigLIP names>`, `adapter.<0|1|3>.*`, `decoder.<Qwen2Model names>`
 (+ `decoder.lm_head.weight` when the embeddings are not tied).
@@ -28,11 +28,11 @@ class VisionGraph(nn.Module):
 
 
 class FlashVL(nn.Module):
-    def __init__(self, preset: Preset, image_pad_id: int):
+    def __init__(self, preset: Preset):
         super().__init__()
         self.preset = preset
         self.vision_graph = VisionGraph(preset)
-        self.decoder = Decoder(preset.decoder, image_pad_id)
+        self.decoder = Decoder(preset.decoder)
 
     # Flat key space used by export.weights: vision.*, adapter.*, decoder.*
     def flat_parameters(self) -> dict[str, nn.Parameter]:

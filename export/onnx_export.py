@@ -12,13 +12,14 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch.export import Dim
 
 from export.model import FlashVL
 from runtime import graph_io as io
-from runtime.manifest import GraphSpec, TensorSpec
+from runtime.manifest import ArraySpec, GraphSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,24 @@ def export_vision(model: FlashVL, path: Path) -> GraphSpec:
     return graph_spec(path)
 
 
+def export_embeddings(model: FlashVL, path: Path) -> ArraySpec:
+    table = model.decoder.embed_tokens.weight.detach().numpy()  # [vocab, dim] f32
+    np.save(path, table)
+    return ArraySpec(file=path.name, dtype=str(table.dtype), shape=tuple(table.shape))
+
+
 def export_decoder(model: FlashVL, path: Path) -> GraphSpec:
     d = model.preset.decoder
-    b, s, n, past = 2, 3, 2, 4  # example sizes; all four are dynamic in the graph
-    ids = torch.zeros(b, s, dtype=torch.int64)
-    image = torch.zeros(b, n, d.dim)
+    b, s, past = 2, 3, 4  # example sizes; all three are dynamic in the graph
+    embeds = torch.zeros(b, s, d.dim)
     pos = torch.arange(past, past + s, dtype=torch.int64).expand(b, s).contiguous()
     kv = [torch.zeros(past, b, d.n_kv_heads, d.head_dim) for _ in range(2 * d.n_layers)]
     batch = Dim("batch", min=1, max=64)
     seq = Dim("seq", min=1, max=d.max_seq_len)
-    image_seq = Dim("image_seq", min=0, max=d.max_seq_len)
     past_seq = Dim("past_seq", min=0, max=d.max_seq_len)
-    # *past is one varargs entry for torch.export: its shapes go in one nested list.
-    dyn = ({0: batch, 1: seq}, {0: batch, 1: image_seq}, {0: batch, 1: seq}, tuple({0: past_seq, 1: batch} for _ in kv))
-    _export(model.decoder, (ids, image, pos, *kv), path, io.decoder_input_names(d.n_layers),
+    # *past is one varargs entry for torch.export: its shapes go in one nested tuple.
+    dyn = ({0: batch, 1: seq}, {0: batch, 1: seq}, tuple({0: past_seq, 1: batch} for _ in kv))
+    _export(model.decoder, (embeds, pos, *kv), path, io.decoder_input_names(d.n_layers),
             io.decoder_output_names(d.n_layers), dynamic_shapes=dyn)
     return graph_spec(path)
 

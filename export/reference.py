@@ -24,6 +24,7 @@ from export.build import WeightSource, build_model, load_tokenizer
 from export.presets import Preset, get_preset
 from export.weights import CheckpointArgs, CheckpointError
 from runtime.chat import ChatTokenizer
+from runtime.embedding import splice_image
 from runtime.errors import FlashVLError
 from runtime.files import sha256_of
 from runtime.generate import check_prompt_fits
@@ -58,27 +59,28 @@ def rebuild(manifest: Manifest):
 
 
 @torch.no_grad()
-def greedy(model, prompt_ids: np.ndarray, embeds: torch.Tensor | None, max_new_tokens: int, stop_ids, max_seq_len):
+def greedy(model, prompt_ids: np.ndarray, embeds: torch.Tensor | None, image_pad_id: int, max_new_tokens: int,
+           stop_ids, max_seq_len):
     """Greedy decoding with a torch KV cache: prefill, then one token per step."""
     dec = model.decoder
+    table = dec.embed_tokens.weight.numpy()  # [V, D]
+    image = None if embeds is None else embeds[0].numpy()
+    x = torch.from_numpy(splice_image(table, prompt_ids, image, image_pad_id))[None]  # [1, P, D]
     past = dec.empty_past(1)
-    image = embeds if embeds is not None else torch.zeros(1, 0, dec.spec.dim)
-    ids = torch.from_numpy(prompt_ids)[None, :]  # [1, P]
     pos, out = 0, []
     steps = min(max_new_tokens, max_seq_len - len(prompt_ids) + 1)
     while True:
-        positions = torch.arange(pos, pos + ids.shape[1])[None, :]  # [1, S]
-        logits, *new = dec(ids, image, positions, *past)
+        positions = torch.arange(pos, pos + x.shape[1])[None, :]  # [1, S]
+        logits, *new = dec(x, positions, *past)
         past = [torch.cat((p, n), dim=0) for p, n in zip(past, new)]  # [pos+S, 1, Hkv, hd]
-        pos += ids.shape[1]
+        pos += x.shape[1]
         token = int(torch.argmax(logits[0]))
         out.append(token)
         if token in stop_ids:
             return out, "stop"
         if len(out) >= steps:
             return out, "length"
-        ids = torch.tensor([[token]])
-        image = torch.zeros(1, 0, dec.spec.dim)
+        x = dec.embed_tokens(torch.tensor([[token]]))  # [1, 1, D]
 
 
 def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, system: str | None) -> dict:
@@ -97,7 +99,8 @@ def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, syst
     ids = tok.encode_prompt(prompt, image_tokens=image_tokens, system=system)
     check_prompt_fits(len(ids), image_tokens, manifest.decoder.max_seq_len)
     stops = manifest.tokens.stop_ids
-    tokens, reason = greedy(model, ids, embeds, max_new_tokens, stops, manifest.decoder.max_seq_len)
+    tokens, reason = greedy(model, ids, embeds, manifest.tokens.image_pad_id, max_new_tokens, stops,
+                            manifest.decoder.max_seq_len)
     t2 = time.perf_counter()
     out = [t for t in tokens if t not in stops]
     return {"text": tok.decode(out), "token_ids": out, "image_tokens": image_tokens, "prompt_tokens": len(ids),

@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from runtime.chat import ChatTokenizer
+from runtime.embedding import TokenEmbedding
 from runtime.errors import FlashVLError
 from runtime.files import verify_files
 from runtime.generate import LoopState, Timings, check_prompt_fits, decode_loop
@@ -64,11 +65,13 @@ class Generation:
 
 
 class FlashVL:
-    def __init__(self, engine_dir: Path, manifest: Manifest, vision, decoder, tokenizer: ChatTokenizer):
+    def __init__(self, engine_dir: Path, manifest: Manifest, vision, decoder, embed: TokenEmbedding,
+                 tokenizer: ChatTokenizer):
         self.engine_dir = engine_dir
         self.manifest = manifest
         self.vision = vision
         self.decoder = decoder
+        self.embed = embed
         self.tokenizer = tokenizer
 
     @classmethod
@@ -81,8 +84,9 @@ class FlashVL:
         tokenizer = ChatTokenizer.load(engine_dir / manifest.tokenizer, manifest.tokens, manifest.chat)
         vision = OrtVision(engine_dir / g.vision.file, g.vision, threads)
         decoder = OrtDecoder(engine_dir / g.decoder.file, g.decoder, manifest.decoder, threads, max_seq_len)
+        embed = TokenEmbedding(engine_dir / manifest.embeddings.file, manifest.embeddings, manifest.tokens.image_pad_id)
         log.info("loaded %s (%s) from %s", manifest.model, manifest.preset, engine_dir)
-        return cls(engine_dir, manifest, vision, decoder, tokenizer)
+        return cls(engine_dir, manifest, vision, decoder, embed, tokenizer)
 
     # ------------------------------------------------------------------ requests
 
@@ -123,7 +127,8 @@ class FlashVL:
         stops = self.manifest.tokens.stop_ids
         text = self.tokenizer.stream_decoder()
         pieces = []
-        for token in decode_loop(self.decoder, ids, embeds, Sampler(sampling), max_new_tokens, stops, state):
+        for token in decode_loop(self.decoder, self.embed, ids, embeds, Sampler(sampling), max_new_tokens, stops,
+                                 state):
             if token in stops:
                 continue
             piece = text.push(token)

@@ -1,7 +1,7 @@
 """The small interface every backend implements; the decode loop knows nothing else.
 
 VisionEngine.encode(pixels [B,3,H,W] f32) -> image_embeds [B,image_tokens,dim] f32
-DecoderEngine.forward(input_ids [1,S] i64, image_embeds [1,N,dim] f32, pos) -> logits [1,vocab] f32
+DecoderEngine.forward(inputs_embeds [1,S,dim] f32, pos) -> logits [1,vocab] f32
     Runs positions pos..pos+S-1 against cache rows 0..pos-1, writes their K/V into rows
     pos..pos+S-1 of the engine's own cache (allocated once at max_seq_len), and returns the
     last position's logits.  The returned array may be reused by the next call.
@@ -26,7 +26,7 @@ class VisionEngine(Protocol):
 class DecoderEngine(Protocol):
     max_seq_len: int
 
-    def forward(self, input_ids: np.ndarray, image_embeds: np.ndarray, pos: int) -> np.ndarray: ...
+    def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray: ...
 
 
 def check_graph_io(path, spec: GraphSpec, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]]):

@@ -1,8 +1,8 @@
 """The KV-cached decode loop: prefill once, then one token per step.
 
-    prompt_ids [P] + image_embeds [1,N,D]
-      -> decoder.forward(all P tokens, pos=0)            prefill: cache rows 0..P-1, logits
-      -> loop: sample -> yield -> stop? -> forward(1 token, pos) -> pos += 1
+    prompt_ids [P] + image_embeds [1,N,D] --embed--> [1,P,D]
+      -> decoder.forward(all P rows, pos=0)              prefill: cache rows 0..P-1, logits
+      -> loop: sample -> yield -> stop? -> forward(embed(token), pos) -> pos += 1
 
 The decoder owns the cache (see runtime.backend); this loop owns only `pos`, the token
 history for the repetition penalty (preallocated) and the clock.
@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from runtime.backend import DecoderEngine
+from runtime.embedding import TokenEmbedding
 from runtime.errors import PromptError
 from runtime.sampling import Sampler
 
@@ -61,8 +62,8 @@ def check_prompt_fits(prompt_len: int, image_tokens: int, max_seq_len: int) -> N
             f"--max-seq-len")
 
 
-def decode_loop(decoder: DecoderEngine, prompt_ids: np.ndarray, image_embeds: np.ndarray | None,
-                sampler: Sampler, max_new_tokens: int, stop_ids: tuple[int, ...], state: LoopState) -> Iterator[int]:
+def decode_loop(decoder: DecoderEngine, embed: TokenEmbedding, prompt_ids: np.ndarray,
+                image_embeds: np.ndarray | None, sampler: Sampler, max_new_tokens: int, stop_ids: tuple[int, ...], state: LoopState) -> Iterator[int]:
     """Yield generated token ids; the stop token, if reached, is yielded too (callers hide it)."""
     prompt_len = len(prompt_ids)
     steps = min(max_new_tokens, decoder.max_seq_len - prompt_len + 1)  # the last token needs no cache row
@@ -72,7 +73,7 @@ def decode_loop(decoder: DecoderEngine, prompt_ids: np.ndarray, image_embeds: np
 
     # 1. prefill: the whole prompt in one call
     t0 = time.perf_counter()
-    logits = decoder.forward(prompt_ids[None, :], image_embeds, 0)  # [1, V]
+    logits = decoder.forward(embed.prompt(prompt_ids, image_embeds), 0)  # [1, P, D] -> [1, V]
     t.prefill_ms = (time.perf_counter() - t0) * 1e3
     pos = prompt_len
 
@@ -97,5 +98,5 @@ def decode_loop(decoder: DecoderEngine, prompt_ids: np.ndarray, image_embeds: np
         if state.finish_reason:
             return
         t_step = time.perf_counter()
-        logits = decoder.forward(history[pos:pos + 1][None, :], None, pos)  # [1, V]
+        logits = decoder.forward(embed.tokens(history[pos:pos + 1]), pos)  # [1, 1, D] -> [1, V]
         pos += 1

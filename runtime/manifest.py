@@ -9,7 +9,8 @@ Layout of an engine folder (schema 1):
 
     manifest.json          this dataclass, as JSON
     vision.onnx(+.data)    pixels [B,3,H,W] f32 -> image_embeds [B,image_tokens,dim] f32
-    decoder.onnx(+.data)   ids + image embeds + positions + past K/V -> last logits + new K/V
+    decoder.onnx(+.data)   inputs_embeds + positions + past K/V -> last logits + new K/V
+    embed_tokens.npy       the input embedding table [vocab, dim] (see runtime.graph_io)
     tokenizer.json         Hugging Face `tokenizers` file with the ChatML special tokens
 """
 
@@ -163,6 +164,15 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class ArraySpec:
+    """A NumPy .npy file of the engine folder."""
+
+    file: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class GraphSpec:
     file: str  # relative to the engine folder
     precision: str  # "fp32"
@@ -218,6 +228,7 @@ class Manifest:
     chat: ChatSpec
     preprocess: PreprocessSpec
     graphs: GraphsSpec
+    embeddings: ArraySpec  # the decoder's input embedding table, looked up by the runtime
     tokenizer: str  # relative path of tokenizer.json
     files: tuple[FileEntry, ...] = field(default=())
     source: SourceSpec | None = None

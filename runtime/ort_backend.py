@@ -8,6 +8,8 @@ Rows 0..pos-1 of a layer's K are one contiguous block (seq-major), so each call 
 `past_key.i` to the block's start with shape [pos, ...] and `new_key.i` to row `pos`
 with shape [S, ...] through IOBinding: ONNX Runtime reads the past and writes the new
 rows in place, and Python copies no K/V byte.  Logits land in a preallocated [batch, vocab].
+Weights are pre-packed by ONNX Runtime at load (the logits Gemm too: the embedding lookup is
+the runtime's, see runtime.embedding), which costs load time and buys decode speed.
 """
 
 from __future__ import annotations
@@ -30,14 +32,12 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(floa
               "tensor(int32)": "int32"}
 
 
-def session_options(threads: int | None, prepack: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    if not prepack:
-        so.add_session_config_entry("session.disable_prepacking", "1")
     return so
 
 
@@ -67,27 +67,22 @@ class OrtVision:
 class OrtDecoder:
     def __init__(self, path: Path, spec: GraphSpec, dec: DecoderSpec, threads: int | None,
                  max_seq_len: int | None = None, batch: int = 1):
-        # Tied embeddings: one [vocab, dim] table feeds Gather and the logits Gemm.  Pre-packing
-        # would give the Gemm a second, packed copy (0.93 GB at full size), so it is off for them.
-        self.session = open_session(path, spec, session_options(threads, prepack=not dec.tied_embeddings))
+        self.session = open_session(path, spec, session_options(threads))
         self.dec = dec
         self.batch = batch
         self.max_seq_len = min(max_seq_len or dec.max_seq_len, dec.max_seq_len)
         self.cache = np.zeros((dec.n_layers, 2, self.max_seq_len, batch, dec.n_kv_heads, dec.head_dim),
                               np.float32)  # [L, 2, T, B, Hkv, hd]
         self.logits = np.zeros((batch, dec.vocab_size), np.float32)  # [B, V]
-        self.no_image = np.zeros((batch, 0, dec.dim), np.float32)  # [B, 0, D]
 
-    def forward(self, input_ids: np.ndarray, image_embeds: np.ndarray | None, pos: int) -> np.ndarray:
-        b, s = input_ids.shape
-        assert b == self.batch and 0 <= pos and pos + s <= self.max_seq_len, (input_ids.shape, pos)
+    def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray:
+        b, s, _ = inputs_embeds.shape
+        assert b == self.batch and 0 <= pos and pos + s <= self.max_seq_len, (inputs_embeds.shape, pos)
         positions = np.arange(pos, pos + s, dtype=np.int64)[None, :].repeat(b, 0)  # [B, S]
-        image = self.no_image if image_embeds is None else np.ascontiguousarray(image_embeds, np.float32)
-        ids = np.ascontiguousarray(input_ids, np.int64)
+        embeds = np.ascontiguousarray(inputs_embeds, np.float32)  # [B, S, D], alive until run returns
 
         binding = self.session.io_binding()
-        binding.bind_cpu_input(io.INPUT_IDS, ids)
-        binding.bind_cpu_input(io.IMAGE_EMBEDS, image)
+        binding.bind_cpu_input(io.INPUTS_EMBEDS, embeds)
         binding.bind_cpu_input(io.POSITION_IDS, positions)
         kv_row = self.batch * self.dec.n_kv_heads * self.dec.head_dim  # floats per cache row
         for i in range(self.dec.n_layers):

@@ -123,7 +123,7 @@ def test_separate_checkpoints_export_matches_transformers(separate_engine, hf_mo
     assert np.abs(embeds - want).max() <= 1e-4
 
     ids = vl.tokenizer.encode_prompt("How many circles?", image_tokens=0)
-    logits = vl.decoder.forward(ids[None], None, 0)
+    logits = vl.decoder.forward(vl.embed.prompt(ids, None), 0)
     with torch.no_grad():
         ref = llm(input_ids=torch.from_numpy(ids)[None]).logits[0, -1].numpy()
     assert np.abs(logits[0] - ref).max() <= 1e-4

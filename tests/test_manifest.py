@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
 
@@ -21,7 +22,7 @@ def test_round_trip(tiny_engine):
     assert m.schema_version == SCHEMA_VERSION
     assert m.source.kind == "random" and m.source.seed == 0
     assert {f.path for f in m.files} == {"vision.onnx", "vision.onnx.data", "decoder.onnx", "decoder.onnx.data",
-                                         "tokenizer.json"}
+                                         "embed_tokens.npy", "tokenizer.json"}
     assert all(f.bytes > 0 and len(f.sha256) == 64 for f in m.files)
 
 
@@ -43,14 +44,19 @@ def test_every_graph_matches_the_manifest(tiny_engine):
     assert m.graphs.decoder.output(io.LOGITS).shape == ("batch", d.vocab_size)
 
 
-def test_tied_embeddings_are_one_table_in_the_graph(tiny_engine):
+def test_tied_embeddings_are_one_table_in_the_graph_and_the_runtime_maps_its_file(tiny_engine):
     m = load_manifest(tiny_engine)
-    proto = onnx.load(str(tiny_engine / m.graphs.decoder.file), load_external_data=False)
+    proto = onnx.load(str(tiny_engine / m.graphs.decoder.file))
     shape = [m.decoder.vocab_size, m.decoder.dim]
-    tables = [t.name for t in proto.graph.initializer if list(t.dims) in (shape, shape[::-1])]
-    assert len(tables) == 1
-    users = [n.op_type for n in proto.graph.node if tables[0] in n.input]
-    assert sorted(users) == ["Gather", "Gemm"]
+    tables = [t for t in proto.graph.initializer if list(t.dims) in (shape, shape[::-1])]
+    assert len(tables) == 1  # the logits Gemm's; no Gather copy
+    assert [n.op_type for n in proto.graph.node if tables[0].name in n.input] == ["Gemm"]
+    assert not [n for n in proto.graph.node if n.op_type == "Gather" and tables[0].name in n.input]
+    table = np.load(tiny_engine / m.embeddings.file, mmap_mode="r")
+    assert isinstance(table, np.memmap) and list(table.shape) == shape
+    np.testing.assert_array_equal(np.asarray(table), onnx.numpy_helper.to_array(tables[0]))
+    from runtime import FlashVL
+    assert isinstance(FlashVL.load(tiny_engine).embed.table, np.memmap)  # paged in row by row, never copied
 
 
 def _damaged(tiny_engine, tmp_path, edit):
@@ -89,3 +95,14 @@ def test_spec_validation_messages():
     v = get_preset("tiny").vision
     with pytest.raises(EngineError, match="not a multiple of patch_size"):
         dataclasses.replace(v, image_size=65)
+
+
+def test_embedding_table_that_disagrees_with_the_manifest(tiny_engine, tmp_path):
+    from runtime.embedding import TokenEmbedding
+    m = load_manifest(tiny_engine)
+    np.save(tmp_path / "t.npy", np.zeros((3, 4), np.float32))
+    with pytest.raises(EngineError, match=r"float32\[3, 4\], manifest.json says float32\[640, 64\]"):
+        TokenEmbedding(tmp_path / "t.npy", m.embeddings, m.tokens.image_pad_id)
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(EngineError, match="not a readable .npy"):
+        TokenEmbedding(tmp_path / "bad.npy", m.embeddings, m.tokens.image_pad_id)

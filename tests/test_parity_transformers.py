@@ -8,6 +8,8 @@ formulation written from its definition (2x2 neighbours concatenated TL, TR, BL,
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -18,8 +20,11 @@ from export.adapter import pixel_shuffle
 from export.decoder import Decoder
 from export.presets import get_preset
 from export.vision import VisionTower
+from runtime.embedding import splice_image
 
 TOL = 1e-4
+# transformers 5.x renames `past_key_values` to `cache` (the old name goes in 5.40)
+CACHE = "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters else "past_key_values"
 TINY = get_preset("tiny")
 
 
@@ -56,8 +61,8 @@ def ours_from_hf_vision(hf: SiglipVisionModel) -> VisionTower:
     return tower
 
 
-def ours_from_hf_decoder(hf: Qwen2ForCausalLM, image_pad_id: int = 3) -> Decoder:
-    dec = Decoder(TINY.decoder, image_pad_id).eval()
+def ours_from_hf_decoder(hf: Qwen2ForCausalLM) -> Decoder:
+    dec = Decoder(TINY.decoder).eval()
     sd = {k[len("model."):]: v for k, v in hf.state_dict().items() if k.startswith("model.")}
     dec.load_state_dict(sd, strict=True)
     return dec
@@ -78,16 +83,16 @@ def test_vision_tower_matches_transformers():
 def test_decoder_prefill_and_cached_steps_match_transformers():
     hf = hf_qwen2(TINY.decoder)
     ours = ours_from_hf_decoder(hf)
-    ids = torch.tensor([[11, 200, 37, 5, 99, 420, 17, 8]])  # [1, 8], no image_pad id (3)
+    ids = torch.tensor([[11, 200, 37, 5, 99, 420, 17, 8]])  # [1, 8]
     cache = DynamicCache(config=hf.config)
-    want = hf(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1]
-    logits, *past = ours(ids, torch.zeros(1, 0, 64), torch.arange(8)[None], *ours.empty_past())
+    want = hf(input_ids=ids, **{CACHE: cache}, use_cache=True).logits[:, -1]
+    logits, *past = ours(ours.embed_tokens(ids), torch.arange(8)[None], *ours.empty_past())
     assert (logits - want).abs().max().item() <= TOL
     pos = 8
     for token in (301, 4, 77):  # decode steps through the KV cache on both sides
         step = torch.tensor([[token]])
-        want = hf(input_ids=step, past_key_values=cache, use_cache=True).logits[:, -1]
-        logits, *new = ours(step, torch.zeros(1, 0, 64), torch.tensor([[pos]]), *past)
+        want = hf(input_ids=step, **{CACHE: cache}, use_cache=True).logits[:, -1]
+        logits, *new = ours(ours.embed_tokens(step), torch.tensor([[pos]]), *past)
         past = [torch.cat((p, n)) for p, n in zip(past, new)]
         pos += 1
         assert (logits - want).abs().max().item() <= TOL
@@ -97,16 +102,19 @@ def test_decoder_prefill_and_cached_steps_match_transformers():
 
 
 @torch.no_grad()
-def test_image_rows_are_spliced_like_inputs_embeds():
+def test_image_rows_spliced_by_the_runtime_match_inputs_embeds():
     hf = hf_qwen2(TINY.decoder)
-    ours = ours_from_hf_decoder(hf, image_pad_id=3)
-    ids = torch.tensor([[11, 200, 3, 3, 3, 99, 420]])
-    image = torch.randn(1, 3, 64)
-    embeds = hf.model.embed_tokens(ids).clone()
-    embeds[0, 2:5] = image[0]
+    ours = ours_from_hf_decoder(hf)
+    ids = np.array([11, 200, 3, 3, 3, 99, 420])  # 3 = image_pad here
+    image = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    embeds = hf.model.embed_tokens(torch.from_numpy(ids)[None]).clone()
+    embeds[0, 2:5] = torch.from_numpy(image)
     want = hf(inputs_embeds=embeds).logits[:, -1]
-    got, *_ = ours(ids, image, torch.arange(7)[None], *ours.empty_past())
+    x = splice_image(ours.embed_tokens.weight.numpy(), ids, image, image_pad_id=3)  # [7, 64]
+    got, *_ = ours(torch.from_numpy(x)[None], torch.arange(7)[None], *ours.empty_past())
     assert (got - want).abs().max().item() <= TOL
+    with pytest.raises(ValueError, match="3 image_pad tokens but 2 image embeddings"):
+        splice_image(ours.embed_tokens.weight.numpy(), ids, image[:2], image_pad_id=3)
 
 
 @torch.no_grad()
@@ -114,7 +122,7 @@ def test_batched_decoder_rows_are_independent():
     hf = hf_qwen2(TINY.decoder)
     ours = ours_from_hf_decoder(hf)
     ids = torch.tensor([[11, 200, 37, 5], [9, 8, 7, 6]])
-    logits, *_ = ours(ids, torch.zeros(2, 0, 64), torch.arange(4).expand(2, 4), *ours.empty_past(2))
+    logits, *_ = ours(ours.embed_tokens(ids), torch.arange(4).expand(2, 4), *ours.empty_past(2))
     want = hf(input_ids=ids).logits[:, -1]
     assert (logits - want).abs().max().item() <= TOL
 

@@ -15,6 +15,7 @@ import torch
 
 from export.reference import rebuild, run as reference_run
 from runtime import FlashVL
+from runtime.embedding import splice_image
 from runtime.image import load_image, preprocess
 from tests.conftest import run_cli
 
@@ -68,17 +69,18 @@ def test_onnx_graphs_match_pytorch_modules(vl, tiny_engine, test_images):
     assert np.abs(embeds - want).max() <= 1e-4
 
     ids = vl.tokenizer.encode_prompt("Describe.", image_tokens=embeds.shape[1])
-    logits = vl.decoder.forward(ids[None], embeds, 0).copy()
+    logits = vl.decoder.forward(vl.embed.prompt(ids, embeds), 0).copy()
     dec = model.decoder
     with torch.no_grad():
-        ref, *past = dec(torch.from_numpy(ids)[None], torch.from_numpy(embeds),
-                         torch.arange(len(ids))[None], *dec.empty_past())
+        x = torch.from_numpy(splice_image(dec.embed_tokens.weight.numpy(), ids, embeds[0],
+                                          vl.manifest.tokens.image_pad_id))[None]
+        ref, *past = dec(x, torch.arange(len(ids))[None], *dec.empty_past())
     assert np.abs(logits - ref.numpy()).max() <= 1e-4
     pos = len(ids)
     for token in (5, 77, 301):
-        logits = vl.decoder.forward(np.array([[token]]), None, pos).copy()
+        logits = vl.decoder.forward(vl.embed.tokens(np.array([token])), pos).copy()
         with torch.no_grad():
-            ref, *new = dec(torch.tensor([[token]]), torch.zeros(1, 0, dec.spec.dim), torch.tensor([[pos]]), *past)
+            ref, *new = dec(dec.embed_tokens(torch.tensor([[token]])), torch.tensor([[pos]]), *past)
         past = [torch.cat((p, n)) for p, n in zip(past, new)]
         pos += 1
         assert np.abs(logits - ref.numpy()).max() <= 1e-4
