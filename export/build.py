@@ -103,7 +103,8 @@ def export_engine(preset: Preset, source: WeightSource, out: Path) -> Manifest:
         exporter=f"flash-vl-export {EXPORTER_VERSION}, torch {torch.__version__}, onnx {onnx.__version__}, "
                  f"opset {OPSET}",
         vision=preset.vision, adapter=preset.adapter, decoder=preset.decoder, tokens=tokens, chat=preset.chat,
-        preprocess=preset.preprocess, graphs=GraphsSpec(vision=vision, decoder=decoder), embeddings=embeddings, tokenizer=TOKENIZER_FILE,
+        preprocess=preset.preprocess, graphs=GraphsSpec(vision=vision, decoder=decoder), embeddings=embeddings,
+        tokenizer=TOKENIZER_FILE,
         files=files, source=source_spec)
     (out / MANIFEST_FILE).write_text(manifest.to_json())  # written last, once: its presence means complete
     return manifest

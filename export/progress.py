@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from contextlib import contextmanager
 
 _T0 = time.perf_counter()
+HEARTBEAT_S = 15.0
 
 
 def say(msg: str) -> None:
@@ -15,9 +17,22 @@ def say(msg: str) -> None:
 
 @contextmanager
 def step(msg: str):
+    """Announce a step, say 'still ...' every HEARTBEAT_S seconds while it runs, then its duration."""
     say(msg + " ...")
     t = time.perf_counter()
-    yield
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(HEARTBEAT_S):
+            say(f"  still {msg} ({time.perf_counter() - t:.0f}s)")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
     say(f"{msg}: done in {time.perf_counter() - t:.1f}s")
 
 

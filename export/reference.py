@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.build import WeightSource, build_model, load_tokenizer
-from export.presets import Preset, get_preset
+from export.build import WeightSource, build_model, load_tokenizer, with_max_seq_len
+from export.presets import get_preset
 from export.weights import CheckpointArgs, CheckpointError
 from runtime.chat import ChatTokenizer
 from runtime.embedding import splice_image
@@ -34,8 +34,7 @@ from runtime.manifest import Manifest, load_manifest
 
 def rebuild(manifest: Manifest):
     """The PyTorch model of the manifest, with the weights it was exported from."""
-    preset = get_preset(manifest.preset)
-    preset = Preset(**{**preset.__dict__, "decoder": manifest.decoder})  # max_seq_len as exported
+    preset = with_max_seq_len(get_preset(manifest.preset), manifest.decoder.max_seq_len)  # as exported
     for part in ("vision", "adapter", "decoder", "preprocess"):
         if getattr(preset, part) != getattr(manifest, part):
             raise FlashVLError(f"manifest {part} differs from preset {preset.name!r} of this exporter; "

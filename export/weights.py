@@ -95,22 +95,20 @@ class TensorFolder:
             raise CheckpointError(f"{path}: no *.safetensors files; give a Hugging Face-style folder "
                                   f"(config.json + model*.safetensors), downloads are never attempted")
         self.files = files
-        self.where: dict[str, Path] = {}
+        self.where: dict[str, object] = {}  # tensor name -> open safetensors handle
         for f in files:
             try:
-                with safe_open(str(f), framework="pt") as h:
-                    for k in h.keys():
-                        self.where[k] = f
+                h = safe_open(str(f), framework="pt")
             except Exception as e:  # safetensors raises its own types for corrupt headers
                 raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
+            for k in h.keys():
+                self.where[k] = h
 
     def shape(self, key: str) -> tuple[int, ...]:
-        with safe_open(str(self.where[key]), framework="pt") as h:
-            return tuple(h.get_slice(key).get_shape())
+        return tuple(self.where[key].get_slice(key).get_shape())
 
     def get(self, key: str) -> torch.Tensor:
-        with safe_open(str(self.where[key]), framework="pt") as h:
-            return h.get_tensor(key)
+        return self.where[key].get_tensor(key)
 
     def config(self) -> dict:
         cfg = self.path / "config.json" if self.path.is_dir() else None
@@ -143,9 +141,11 @@ def load_checkpoint(model: FlashVL, args: CheckpointArgs, progress=None) -> tupl
     mapping: dict[str, tuple[TensorFolder, str]] = {}  # model key -> (folder, checkpoint key)
     problems: list[str] = []
     claimed: dict[int, set[str]] = {}
-    for part, prefix_of in (("vision", _vision_prefix), ("adapter", _adapter_prefix), ("llm", _llm_prefix)):
+    prefixes = {"vision": _unique_prefix(parts["vision"], VISION_ANCHOR),
+                "adapter": _adapter_prefix(parts["adapter"], preset),
+                "llm": _unique_prefix(parts["llm"], LLM_ANCHOR)}
+    for part, prefix in prefixes.items():
         folder = parts[part]
-        prefix = prefix_of(folder, preset)
         if prefix is None:
             problems.append(f"no {part} tensors found in {folder.path} ({_anchor_text(part, preset)})")
             continue
@@ -154,7 +154,7 @@ def load_checkpoint(model: FlashVL, args: CheckpointArgs, progress=None) -> tupl
 
     for folder in {id(f): f for f in parts.values()}.values():
         used = claimed.get(id(folder), set())
-        extra = sorted(k for k in folder.where if k not in used and not _ignorable(k, folder, preset))
+        extra = sorted(k for k in folder.where if k not in used and not _ignorable(k, prefixes, preset))
         if extra:
             problems.append(f"unmatched in {folder.path}: {_list(extra)}")
     if problems:
@@ -166,7 +166,7 @@ def load_checkpoint(model: FlashVL, args: CheckpointArgs, progress=None) -> tupl
             params[key].copy_(folder.get(ck).to(torch.float32))
             if progress:
                 progress(i + 1, len(mapping))
-    _check_tied(model, parts["llm"], _llm_prefix(parts["llm"], preset))
+    _check_tied(model, parts["llm"], prefixes["llm"])
     files = sorted({f for folder in parts.values() for f in folder.files} |
                    {folder.path / "config.json" for folder in parts.values()
                     if folder.path.is_dir() and (folder.path / "config.json").is_file()})
@@ -199,14 +199,6 @@ def _map_part(model, part, folder, prefix, mapping, problems):
         problems.append(f"wrong shapes in {folder.path}: {_list(misshapen)}")
 
 
-def _vision_prefix(folder: TensorFolder, preset: Preset) -> str | None:
-    return _unique_prefix(folder, VISION_ANCHOR)
-
-
-def _llm_prefix(folder: TensorFolder, preset: Preset) -> str | None:
-    return _unique_prefix(folder, LLM_ANCHOR)
-
-
 def _adapter_prefix(folder: TensorFolder, preset: Preset) -> str | None:
     """The prefix P with P0.weight [in], P1.weight [hidden, in], P3.weight [out, hidden]."""
     a = preset.adapter
@@ -232,13 +224,12 @@ def _lm_head_key(llm_prefix: str) -> str:
     return root + "lm_head.weight"
 
 
-def _ignorable(key: str, folder: TensorFolder, preset: Preset) -> bool:
+def _ignorable(key: str, prefixes: dict[str, str | None], preset: Preset) -> bool:
     if key.startswith(IGNORED_TOP):
         return True
-    vp = _vision_prefix(folder, preset)
+    vp, lp = prefixes["vision"], prefixes["llm"]
     if vp is not None and key.startswith(vp) and key[len(vp):].startswith(IGNORED_SUFFIXES["vision"]):
         return True
-    lp = _llm_prefix(folder, preset)
     # A tied checkpoint may still store lm_head (equal to the embeddings; checked in _check_tied).
     return lp is not None and preset.decoder.tied_embeddings and key == _lm_head_key(lp)
 

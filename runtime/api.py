@@ -53,8 +53,8 @@ class Result:
 class Generation:
     """An iterator of text pieces; `.result` is set once it is exhausted."""
 
-    def __init__(self, pieces: Iterator[str]):
-        self._pieces = pieces
+    def __init__(self):
+        self._pieces: Iterator[str] = iter(())
         self.result: Result | None = None
 
     def __iter__(self):
@@ -79,6 +79,9 @@ class FlashVL:
         """Open an engine folder; raise FlashVLError (one line, with the fix) if anything is off."""
         engine_dir = Path(engine_dir)
         manifest = load_manifest(engine_dir)
+        if max_seq_len is not None and not 2 <= max_seq_len <= manifest.decoder.max_seq_len:
+            raise FlashVLError(f"max_seq_len {max_seq_len} is outside 2..{manifest.decoder.max_seq_len}, the context "
+                               f"window {engine_dir} was exported for; re-export with --max-seq-len for a larger one")
         verify_files(engine_dir, manifest.files)
         g = manifest.graphs
         tokenizer = ChatTokenizer.load(engine_dir / manifest.tokenizer, manifest.tokens, manifest.chat)
@@ -97,7 +100,7 @@ class FlashVL:
             raise FlashVLError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if not isinstance(prompt, str):
             raise FlashVLError(f"prompt must be a string, got {type(prompt).__name__}")
-        gen = Generation(iter(()))
+        gen = Generation()
         gen._pieces = self._run(gen, image, prompt, max_new_tokens, sampling or SamplingConfig(), system, channels)
         return gen
 

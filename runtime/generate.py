@@ -63,7 +63,8 @@ def check_prompt_fits(prompt_len: int, image_tokens: int, max_seq_len: int) -> N
 
 
 def decode_loop(decoder: DecoderEngine, embed: TokenEmbedding, prompt_ids: np.ndarray,
-                image_embeds: np.ndarray | None, sampler: Sampler, max_new_tokens: int, stop_ids: tuple[int, ...], state: LoopState) -> Iterator[int]:
+                image_embeds: np.ndarray | None, sampler: Sampler, max_new_tokens: int,
+                stop_ids: tuple[int, ...], state: LoopState) -> Iterator[int]:
     """Yield generated token ids; the stop token, if reached, is yielded too (callers hide it)."""
     prompt_len = len(prompt_ids)
     steps = min(max_new_tokens, decoder.max_seq_len - prompt_len + 1)  # the last token needs no cache row

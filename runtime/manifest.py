@@ -302,14 +302,13 @@ def _convert(tp, value, where: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(arg, value, where)
-            except EngineError as e:
-                errors.append(str(e))
+            except EngineError:
+                pass
         raise EngineError(f"{where}: {value!r} matches none of {[getattr(a, '__name__', a) for a in args]}")
     if origin is tuple:
         if not isinstance(value, list):

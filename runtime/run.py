@@ -25,7 +25,8 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m runtime.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", required=True, type=Path, help="engine folder written by `python -m export`")
-    ap.add_argument("--image", type=Path, help="image file (PNG, JPEG, BMP, TIFF, WebP); omit for text only")
+    ap.add_argument("--image", help="image file (PNG, JPEG, BMP, TIFF, WebP), or - to read one from stdin; "
+                                    "omit for text only")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question or instruction (default: {DEFAULT_PROMPT!r})")
     ap.add_argument("--system", default=None, help="system prompt (default: the manifest's; '' for none)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -35,6 +36,8 @@ def parse_args(argv):
     ap.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
     ap.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible runs)")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    ap.add_argument("--max-seq-len", type=int, default=None,
+                    help="context window to allocate the KV cache for (default and upper bound: the engine's)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap.parse_args(argv)
@@ -51,10 +54,17 @@ def main(argv=None) -> int:
             raise FlashVLError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         if args.threads is not None and args.threads < 1:
             raise FlashVLError(f"--threads must be at least 1, got {args.threads}")
+        if args.max_seq_len is not None and args.max_seq_len < 2:
+            raise FlashVLError(f"--max-seq-len must be at least 2, got {args.max_seq_len}")
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                   repetition_penalty=args.repetition_penalty, seed=args.seed)
-        vl = FlashVL.load(args.engine, threads=args.threads)
-        gen = vl.stream(args.image, args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
+        image = args.image
+        if image == "-":
+            image = sys.stdin.buffer.read()  # encoded bytes, e.g. `cat photo.jpg | ... --image -`
+            if not image:
+                raise FlashVLError("--image -: stdin is empty; pipe an image file in, e.g. `< photo.jpg`")
+        vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len)
+        gen = vl.stream(image, args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
                         system=args.system)
         if args.json:
             for _ in gen:

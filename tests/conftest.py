@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Nothing here may reach a model hub: transformers builds every reference model from a config.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def run_cli(*args: str, env_extra: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -52,7 +52,8 @@ def hf_models():
         attn_implementation="eager")), 2, 0.2)
     a = TINY.adapter
     gen = torch.Generator().manual_seed(3)
-    adapter = {"0.weight": 1 + 0.1 * torch.randn(a.in_dim, generator=gen), "0.bias": 0.1 * torch.randn(a.in_dim, generator=gen),
+    adapter = {"0.weight": 1 + 0.1 * torch.randn(a.in_dim, generator=gen),
+               "0.bias": 0.1 * torch.randn(a.in_dim, generator=gen),
                "1.weight": torch.randn(a.hidden_dim, a.in_dim, generator=gen) / math.sqrt(a.in_dim),
                "1.bias": 0.1 * torch.randn(a.hidden_dim, generator=gen),
                "3.weight": torch.randn(a.out_dim, a.hidden_dim, generator=gen) / math.sqrt(a.hidden_dim),

@@ -106,6 +106,8 @@ def test_prompt_longer_than_the_context(tiny_engine):
     ("--top-k", "-3", "top_k"),
     ("--max-new-tokens", "0", "--max-new-tokens"),
     ("--threads", "0", "--threads"),
+    ("--max-seq-len", "1", "--max-seq-len"),
+    ("--max-seq-len", "5000", "outside 2..256"),
 ])
 def test_bad_options(tiny_engine, flag, value, needle):
     assert_one_line_error(run(tiny_engine, flag, value), needle)
@@ -127,3 +129,24 @@ def test_export_errors_are_one_line(tmp_path):
                    "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, "not found")
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_image_from_stdin(tiny_engine, test_images):
+    import subprocess, sys
+    from tests.conftest import ROOT
+    cmd = [sys.executable, "-m", "runtime.run", "--engine", str(tiny_engine), "--image", "-", "--max-new-tokens", "6",
+           "--json"]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    piped = subprocess.run(cmd, input=test_images["scene"].read_bytes(), capture_output=True, cwd=ROOT, env=env)
+    assert piped.returncode == 0, piped.stderr
+    from_file = run(tiny_engine, "--image", str(test_images["scene"]), "--max-new-tokens", "6", "--json")
+    assert json.loads(piped.stdout)["token_ids"] == json.loads(from_file.stdout)["token_ids"]
+    empty = subprocess.run(cmd, input=b"", capture_output=True, text=False, cwd=ROOT, env=env)
+    assert empty.returncode == 2 and b"stdin is empty" in empty.stderr and b"Traceback" not in empty.stderr
+
+
+def test_smaller_context_at_run_time(tiny_engine):
+    vl = FlashVL.load(tiny_engine, max_seq_len=80)
+    assert vl.decoder.cache.shape[2] == 80
+    r = vl.generate(None, "Hello there.", max_new_tokens=200)
+    assert r.finish_reason == "length" and r.prompt_tokens + len(r.token_ids) == 81
