@@ -8,6 +8,7 @@ manifest records.  Names come from `runtime.graph_io`.
 
 from __future__ import annotations
 
+import ast
 import logging
 import warnings
 from pathlib import Path
@@ -67,6 +68,7 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes)
                                     opset_version=OPSET, optimize=True, verbose=False, external_data=True)
     proto = program.model_proto
     _check_names(proto, path, input_names, output_names)
+    name_nodes(proto, path.stem)
     data = path.name + ".data"
     for f in (path, path.with_name(data)):
         f.unlink(missing_ok=True)
@@ -79,6 +81,29 @@ def _check_names(proto: onnx.ModelProto, path: Path, inputs, outputs) -> None:
     got_out = [o.name for o in proto.graph.output]
     assert got_in == list(inputs), f"{path.name}: exporter produced inputs {got_in}, expected {list(inputs)}"
     assert got_out == list(outputs), f"{path.name}: exporter produced outputs {got_out}, expected {list(outputs)}"
+
+
+def name_nodes(proto: onnx.ModelProto, root: str) -> None:
+    """Hierarchical node names from the module scopes: /decoder/layers.0/self_attn/q_proj/MatMul.
+
+    The exporter's per-node metadata (module scopes, FX nodes, stack traces with this
+    machine's file paths) is dropped, so the graph's bytes do not depend on where it was built.
+    """
+    seen: dict[str, int] = {}
+    for node in proto.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))[:-1]  # last = the op itself
+        parts, prev = [], ""
+        for scope in scopes:
+            if scope:
+                parts.append(scope[len(prev) + 1:] if prev and scope.startswith(prev + ".") else scope)
+                prev = scope
+        base = "/".join(["", root, *parts, node.op_type])
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        node.name = base if n == 0 else f"{base}_{n}"
+        del node.metadata_props[:]
+    del proto.metadata_props[:]
 
 
 def graph_spec(path: Path) -> GraphSpec:

@@ -106,3 +106,17 @@ def test_embedding_table_that_disagrees_with_the_manifest(tiny_engine, tmp_path)
     (tmp_path / "bad.npy").write_bytes(b"not numpy")
     with pytest.raises(EngineError, match="not a readable .npy"):
         TokenEmbedding(tmp_path / "bad.npy", m.embeddings, m.tokens.image_pad_id)
+
+
+def test_graphs_have_hierarchical_names_and_no_local_paths(tiny_engine):
+    from tests.conftest import ROOT
+    m = load_manifest(tiny_engine)
+    for spec, root in ((m.graphs.vision, "/vision"), (m.graphs.decoder, "/decoder")):
+        raw = (tiny_engine / spec.file).read_bytes()
+        assert str(ROOT).encode() not in raw  # no stack traces with this checkout's paths
+        proto = onnx.load(str(tiny_engine / spec.file), load_external_data=False)
+        names = [n.name for n in proto.graph.node]
+        assert len(set(names)) == len(names) and all(n.startswith(root + "/") for n in names)
+        assert not any(n.metadata_props for n in proto.graph.node)
+    dec = onnx.load(str(tiny_engine / m.graphs.decoder.file), load_external_data=False)
+    assert "/decoder/layers.1/self_attn/q_proj/MatMul" in {n.name for n in dec.graph.node}
