@@ -47,6 +47,10 @@ def main(argv=None) -> int:
     except FlashVLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only or unwritable --out, permissions: the user's to fix
+        print(f"error: {e.filename or args.out}: {e.strerror or e}; check the path, its permissions and free space",
+              file=sys.stderr)
+        return 2
     total = sum(f.bytes for f in manifest.files)
     progress.say(f"wrote {args.out} ({total / 1e6:.1f} MB) in {time.perf_counter() - t:.1f}s")
     return 0

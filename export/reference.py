@@ -27,7 +27,7 @@ from runtime.chat import ChatTokenizer
 from runtime.embedding import splice_image
 from runtime.errors import FlashVLError
 from runtime.files import sha256_of
-from runtime.generate import check_prompt_fits
+from runtime.generate import Timings, check_prompt_fits
 from runtime.image import load_image, preprocess
 from runtime.manifest import Manifest, load_manifest
 
@@ -59,7 +59,7 @@ def rebuild(manifest: Manifest):
 
 @torch.no_grad()
 def greedy(model, prompt_ids: np.ndarray, embeds: torch.Tensor | None, image_pad_id: int, max_new_tokens: int,
-           stop_ids, max_seq_len):
+           stop_ids, max_seq_len, timings: Timings, t_start: float):
     """Greedy decoding with a torch KV cache: prefill, then one token per step."""
     dec = model.decoder
     table = dec.embed_tokens.weight.numpy()  # [V, D]
@@ -69,11 +69,18 @@ def greedy(model, prompt_ids: np.ndarray, embeds: torch.Tensor | None, image_pad
     pos, out = 0, []
     steps = min(max_new_tokens, max_seq_len - len(prompt_ids) + 1)
     while True:
+        t0 = time.perf_counter()
         positions = torch.arange(pos, pos + x.shape[1])[None, :]  # [1, S]
         logits, *new = dec(x, positions, *past)
         past = [torch.cat((p, n), dim=0) for p, n in zip(past, new)]  # [pos+S, 1, Hkv, hd]
-        pos += x.shape[1]
         token = int(torch.argmax(logits[0]))
+        if pos == 0:
+            timings.prefill_ms = (time.perf_counter() - t0) * 1e3
+            timings.ttft_ms = (time.perf_counter() - t_start) * 1e3
+        else:
+            timings.decode_ms += (time.perf_counter() - t0) * 1e3
+            timings.decode_steps += 1
+        pos += x.shape[1]
         out.append(token)
         if token in stop_ids:
             return out, "stop"
@@ -83,28 +90,29 @@ def greedy(model, prompt_ids: np.ndarray, embeds: torch.Tensor | None, image_pad
 
 
 def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, system: str | None) -> dict:
+    """The runtime's JSON (`runtime.api.Result.as_dict`), computed by PyTorch."""
     manifest = load_manifest(engine)
     model = rebuild(manifest)
     tok = ChatTokenizer.load(engine / manifest.tokenizer, manifest.tokens, manifest.chat)
-    t0 = time.perf_counter()
+    timings = Timings()
+    t_start = time.perf_counter()
     embeds = None
     if image is not None:
         pre = manifest.preprocess
         pixels = preprocess(load_image(image, background=pre.alpha_background), pre)  # [1, 3, H, W]
+        t0 = time.perf_counter()
         with torch.no_grad():
             embeds = model.vision_graph(torch.from_numpy(pixels))  # [1, image_tokens, dim]
-    t1 = time.perf_counter()
+        timings.preprocess_ms, timings.vision_ms = (t0 - t_start) * 1e3, (time.perf_counter() - t0) * 1e3
     image_tokens = 0 if embeds is None else embeds.shape[1]
     ids = tok.encode_prompt(prompt, image_tokens=image_tokens, system=system)
     check_prompt_fits(len(ids), image_tokens, manifest.decoder.max_seq_len)
     stops = manifest.tokens.stop_ids
     tokens, reason = greedy(model, ids, embeds, manifest.tokens.image_pad_id, max_new_tokens, stops,
-                            manifest.decoder.max_seq_len)
-    t2 = time.perf_counter()
+                            manifest.decoder.max_seq_len, timings, t_start)
     out = [t for t in tokens if t not in stops]
     return {"text": tok.decode(out), "token_ids": out, "image_tokens": image_tokens, "prompt_tokens": len(ids),
-            "finish_reason": reason, "timings": {"vision_ms": round((t1 - t0) * 1e3, 3),
-                                                 "generate_ms": round((t2 - t1) * 1e3, 3)}}
+            "finish_reason": reason, "timings": timings.as_dict()}
 
 
 def main(argv=None) -> int:

@@ -79,6 +79,10 @@ def main(argv=None) -> int:
     except FlashVLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an engine file that cannot be read (permissions, I/O error)
+        print(f"error: {e.filename or args.engine}: {e.strerror or e}; check the engine folder's files and "
+              f"permissions", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

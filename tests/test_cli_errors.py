@@ -150,3 +150,9 @@ def test_smaller_context_at_run_time(tiny_engine):
     assert vl.decoder.cache.shape[2] == 80
     r = vl.generate(None, "Hello there.", max_new_tokens=200)
     assert r.finish_reason == "length" and r.prompt_tokens + len(r.token_ids) == 81
+
+
+def test_export_out_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    proc = run_cli("-m", "export", "--preset", "tiny", "--random-weights", "--out", str(tmp_path / "file"))
+    assert_one_line_error(proc, "file")

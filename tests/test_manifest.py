@@ -120,3 +120,14 @@ def test_graphs_have_hierarchical_names_and_no_local_paths(tiny_engine):
         assert not any(n.metadata_props for n in proto.graph.node)
     dec = onnx.load(str(tiny_engine / m.graphs.decoder.file), load_external_data=False)
     assert "/decoder/layers.1/self_attn/q_proj/MatMul" in {n.name for n in dec.graph.node}
+
+
+def test_graphs_use_standard_onnx_ops_only(tiny_engine):
+    """No contrib (com.microsoft) or custom ops: the same graphs must load in TensorRT's ONNX parser."""
+    m = load_manifest(tiny_engine)
+    for spec in (m.graphs.vision, m.graphs.decoder):
+        proto = onnx.load(str(tiny_engine / spec.file), load_external_data=False)
+        assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
+        assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+        assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
+        onnx.checker.check_model(str(tiny_engine / spec.file), full_check=True)
