@@ -105,7 +105,7 @@ def export_engine(preset: Preset, source: WeightSource, out: Path) -> Manifest:
         vision=preset.vision, adapter=preset.adapter, decoder=preset.decoder, tokens=tokens, chat=preset.chat,
         preprocess=preset.preprocess, graphs=GraphsSpec(vision=vision, decoder=decoder), embeddings=embeddings,
         tokenizer=TOKENIZER_FILE,
-        files=files, source=source_spec)
+        files=files, source=source_spec, tiling=preset.tiling)
     (out / MANIFEST_FILE).write_text(manifest.to_json())  # written last, once: its presence means complete
     return manifest
 

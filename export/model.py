@@ -3,7 +3,7 @@
 VisionGraph: pixels [B,3,H,W] -> image_embeds [B,image_tokens,dim]   (vision.onnx)
 Decoder:     see export.decoder                                       (decoder.onnx + embed_tokens.npy)
 
-State-dict keys are `vision.<SigLIP names>`, `adapter.<0|1|3>.*`, `decoder.<Qwen2Model names>`
+State-dict keys are `vision.<SigLIP or AIMv2 names>`, `adapter.<0|1|3>.*`, `decoder.<Qwen2Model names>`
 (+ `decoder.lm_head.weight` when the embeddings are not tied).
 """
 
@@ -15,12 +15,15 @@ from export.adapter import Adapter
 from export.decoder import Decoder
 from export.presets import Preset
 from export.vision import VisionTower
+from export.vision_aimv2 import Aimv2Tower
+
+TOWERS = {"siglip": VisionTower, "aimv2": Aimv2Tower}
 
 
 class VisionGraph(nn.Module):
     def __init__(self, preset: Preset):
         super().__init__()
-        self.vision = VisionTower(preset.vision)
+        self.vision = TOWERS[preset.vision.family](preset.vision)
         self.adapter = Adapter(preset.adapter, preset.vision.grid)
 
     def forward(self, pixels):

@@ -1,4 +1,4 @@
-"""Architecture presets: the real Flash-VL-2B-Static dimensions and a tiny twin for tests.
+"""Architecture presets: the real Flash-VL 2B dimensions (static, dynamic+ISS) and tiny twins for tests.
 
 A preset is made of the manifest's own spec dataclasses, so the exporter and the
 runtime share one description of the model.  `--checkpoint` weights must match the
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime.errors import FlashVLError
-from runtime.manifest import AdapterSpec, ChatSpec, DecoderSpec, PreprocessSpec, VisionSpec
+from runtime.manifest import AdapterSpec, ChatSpec, DecoderSpec, PreprocessSpec, TilingSpec, VisionSpec
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
@@ -27,6 +27,20 @@ class Preset:
     tokenizer_vocab: int  # BPE size of the tokenizer built for --random-weights
     init_std: float  # std of --random-weights matrices: 0.02 as Hugging Face inits; larger for tiny,
     #                  whose narrow layers would otherwise emit one token whatever the input
+    tiling: TilingSpec | None = None  # dynamic resolution (tiles + ISS); None: one fixed-size image
+
+
+def _aimv2_preprocess(size: int) -> PreprocessSpec:
+    # AIMv2 uses the CLIP processor's normalisation; tiles are cut from a bicubic-resized canvas.
+    return PreprocessSpec(height=size, width=size, resample="pil_bicubic", rescale=1 / 255,
+                          mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711),
+                          alpha_background=(255, 255, 255))
+
+
+def _tiling(vision: VisionSpec, adapter: AdapterSpec, iss_margin: int, max_tiles: int = 4) -> TilingSpec:
+    return TilingSpec(max_tiles=max_tiles, thumbnail=True, iss_margin=iss_margin,
+                      cell_px=vision.patch_size * adapter.shuffle_factor,
+                      cells_per_side=vision.grid // adapter.shuffle_factor, order="raster_then_thumbnail")
 
 
 def _siglip_preprocess(size: int) -> PreprocessSpec:
@@ -57,12 +71,28 @@ _TINY_DECODER = DecoderSpec(family="qwen2", n_layers=2, dim=64, n_heads=4, n_kv_
                             hidden_dim=128, norm_eps=1e-6, rope_theta=1e6, vocab_size=640,
                             tied_embeddings=True, max_seq_len=256, kv_layout="seq_major")
 
+# AIMv2-huge-patch14-448 tiles (32x32 patches -> 256 tokens each) + the same adapter structure + Qwen2.
+_DYNAMIC_VISION = VisionSpec(family="aimv2", image_size=448, patch_size=14, width=1536, n_layers=24, n_heads=12,
+                             mlp_dim=4096, act="swiglu", norm_eps=1e-5, feature="post_rmsnorm")
+_TINY_DYNAMIC_VISION = VisionSpec(family="aimv2", image_size=56, patch_size=7, width=48, n_layers=2, n_heads=4,
+                                  mlp_dim=96, act="swiglu", norm_eps=1e-5, feature="post_rmsnorm")
+_DYNAMIC_ADAPTER = _adapter(_DYNAMIC_VISION, _STATIC_DECODER.dim)
+_TINY_DYNAMIC_ADAPTER = _adapter(_TINY_DYNAMIC_VISION, _TINY_DECODER.dim)
+
 PRESETS = {
     "flash-vl-2b-static": Preset("flash-vl-2b-static", "Flash-VL-2B-Static", _STATIC_VISION,
                                  _adapter(_STATIC_VISION, _STATIC_DECODER.dim), _STATIC_DECODER,
                                  _siglip_preprocess(512), _CHAT, tokenizer_vocab=8192, init_std=0.02),
     "tiny": Preset("tiny", "Flash-VL-tiny (test model)", _TINY_VISION, _adapter(_TINY_VISION, _TINY_DECODER.dim),
                    _TINY_DECODER, _siglip_preprocess(64), _CHAT, tokenizer_vocab=512, init_std=0.25),
+    # ISS margin 2 cells (56 px of context past each seam): a choice, recorded in the manifest.
+    "flash-vl-2b-dynamic-iss": Preset("flash-vl-2b-dynamic-iss", "Flash-VL-2Bd-ISS", _DYNAMIC_VISION,
+                                      _DYNAMIC_ADAPTER, _STATIC_DECODER, _aimv2_preprocess(448), _CHAT,
+                                      tokenizer_vocab=8192, init_std=0.02,
+                                      tiling=_tiling(_DYNAMIC_VISION, _DYNAMIC_ADAPTER, iss_margin=2)),
+    "tiny-dynamic": Preset("tiny-dynamic", "Flash-VL-tiny-dynamic (test model)", _TINY_DYNAMIC_VISION,
+                           _TINY_DYNAMIC_ADAPTER, _TINY_DECODER, _aimv2_preprocess(56), _CHAT, tokenizer_vocab=512,
+                           init_std=0.25, tiling=_tiling(_TINY_DYNAMIC_VISION, _TINY_DYNAMIC_ADAPTER, iss_margin=1)),
 }
 
 

@@ -30,12 +30,13 @@ from runtime.files import sha256_of
 from runtime.generate import Timings, check_prompt_fits
 from runtime.image import load_image, preprocess
 from runtime.manifest import Manifest, load_manifest
+from runtime.tiling import plan, tile_pixels
 
 
 def rebuild(manifest: Manifest):
     """The PyTorch model of the manifest, with the weights it was exported from."""
     preset = with_max_seq_len(get_preset(manifest.preset), manifest.decoder.max_seq_len)  # as exported
-    for part in ("vision", "adapter", "decoder", "preprocess"):
+    for part in ("vision", "adapter", "decoder", "preprocess", "tiling"):
         if getattr(preset, part) != getattr(manifest, part):
             raise FlashVLError(f"manifest {part} differs from preset {preset.name!r} of this exporter; "
                                f"re-export the engine folder with this version")
@@ -89,20 +90,28 @@ def greedy(model, prompt_ids: np.ndarray, embeds: torch.Tensor | None, image_pad
         x = dec.embed_tokens(torch.tensor([[token]]))  # [1, 1, D]
 
 
-def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, system: str | None) -> dict:
+def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, system: str | None,
+        iss: bool = True) -> dict:
     """The runtime's JSON (`runtime.api.Result.as_dict`), computed by PyTorch."""
     manifest = load_manifest(engine)
     model = rebuild(manifest)
     tok = ChatTokenizer.load(engine / manifest.tokenizer, manifest.tokens, manifest.chat)
     timings = Timings()
     t_start = time.perf_counter()
-    embeds = None
+    embeds, layout = None, None
     if image is not None:
         pre = manifest.preprocess
-        pixels = preprocess(load_image(image, background=pre.alpha_background), pre)  # [1, 3, H, W]
+        rgb = load_image(image, background=pre.alpha_background)  # [H, W, 3]
+        if manifest.tiling is None:
+            pixels = preprocess(rgb, pre)  # [1, 3, S, S]
+        else:  # the runtime's own geometry: one truth for both sides
+            layout = plan(rgb.shape[1], rgb.shape[0], manifest.tiling, iss=iss)
+            pixels = tile_pixels(rgb, layout, pre)  # [tiles, 3, S, S]
         t0 = time.perf_counter()
         with torch.no_grad():
-            embeds = model.vision_graph(torch.from_numpy(pixels))  # [1, image_tokens, dim]
+            embeds = model.vision_graph(torch.from_numpy(pixels))  # [tiles, n*n, dim]
+        if layout is not None:
+            embeds = embeds[torch.from_numpy(layout.tile_index), torch.from_numpy(layout.token_index)][None]
         timings.preprocess_ms, timings.vision_ms = (t0 - t_start) * 1e3, (time.perf_counter() - t0) * 1e3
     image_tokens = 0 if embeds is None else embeds.shape[1]
     ids = tok.encode_prompt(prompt, image_tokens=image_tokens, system=system)
@@ -112,7 +121,8 @@ def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, syst
                             manifest.decoder.max_seq_len, timings, t_start)
     out = [t for t in tokens if t not in stops]
     return {"text": tok.decode(out), "token_ids": out, "image_tokens": image_tokens, "prompt_tokens": len(ids),
-            "finish_reason": reason, "timings": timings.as_dict()}
+            "finish_reason": reason, "timings": timings.as_dict(),
+            "tiling": None if layout is None else layout.as_dict()}
 
 
 def main(argv=None) -> int:
@@ -123,10 +133,11 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", default="Describe the image.")
     ap.add_argument("--system", default=None)
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--no-iss", action="store_true", help="dynamic engines: plain dynamic cropping")
     ap.add_argument("--json", action="store_true", help="print one JSON object (the runtime's keys)")
     args = ap.parse_args(argv)
     try:
-        result = run(args.engine, args.image, args.prompt, args.max_new_tokens, args.system)
+        result = run(args.engine, args.image, args.prompt, args.max_new_tokens, args.system, iss=not args.no_iss)
     except FlashVLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,11 +30,11 @@ from runtime.manifest import FileEntry
 log = logging.getLogger(__name__)
 
 # Anchors that locate each part inside a checkpoint, whatever its prefix.
-VISION_ANCHOR = "embeddings.patch_embedding.weight"
+VISION_ANCHORS = {"siglip": "embeddings.patch_embedding.weight", "aimv2": "embeddings.patch_embed.weight"}
 LLM_ANCHOR = "embed_tokens.weight"
 # Tensors a checkpoint may hold that Flash-VL does not use.
 IGNORED_SUFFIXES = {
-    "vision": ("head.",),  # SigLIP's MAP pooling head
+    "vision": ("head.",),  # SigLIP's MAP pooling head, AIMv2's attention-pooling head
 }
 IGNORED_TOP = ("text_model.", "logit_scale", "logit_bias")  # the text half of a full SiglipModel
 
@@ -141,7 +141,7 @@ def load_checkpoint(model: FlashVL, args: CheckpointArgs, progress=None) -> tupl
     mapping: dict[str, tuple[TensorFolder, str]] = {}  # model key -> (folder, checkpoint key)
     problems: list[str] = []
     claimed: dict[int, set[str]] = {}
-    prefixes = {"vision": _unique_prefix(parts["vision"], VISION_ANCHOR),
+    prefixes = {"vision": _unique_prefix(parts["vision"], VISION_ANCHORS[preset.vision.family]),
                 "adapter": _adapter_prefix(parts["adapter"], preset),
                 "llm": _unique_prefix(parts["llm"], LLM_ANCHOR)}
     for part, prefix in prefixes.items():
@@ -245,7 +245,7 @@ def _check_tied(model: FlashVL, folder: TensorFolder, prefix: str) -> None:
 
 def _anchor_text(part: str, preset: Preset) -> str:
     a = preset.adapter
-    return {"vision": f"expected a tensor named '*{VISION_ANCHOR}'",
+    return {"vision": f"expected a tensor named '*{VISION_ANCHORS[preset.vision.family]}'",
             "llm": f"expected a tensor named '*{LLM_ANCHOR}'",
             "adapter": f"expected '*0.weight' [{a.in_dim}], '*1.weight' [{a.hidden_dim}, {a.in_dim}], "
                        f"'*3.weight' [{a.out_dim}, {a.hidden_dim}]"}[part]

@@ -31,6 +31,7 @@ from runtime.image import load_image, preprocess
 from runtime.manifest import Manifest, load_manifest
 from runtime.ort_backend import OrtDecoder, OrtVision
 from runtime.sampling import Sampler, SamplingConfig
+from runtime.tiling import TileLayout, gather_tokens, plan, tile_pixels
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,12 @@ class Result:
     image_tokens: int
     finish_reason: str  # "stop" | "length"
     timings: Timings
+    tiling: dict | None = None  # dynamic models: grid, tiles, ISS margin, image tokens vs plain cropping
 
     def as_dict(self) -> dict:
         return {"text": self.text, "token_ids": self.token_ids, "image_tokens": self.image_tokens,
                 "prompt_tokens": self.prompt_tokens, "finish_reason": self.finish_reason,
-                "timings": self.timings.as_dict()}
+                "timings": self.timings.as_dict(), "tiling": self.tiling}
 
 
 class Generation:
@@ -94,14 +96,15 @@ class FlashVL:
     # ------------------------------------------------------------------ requests
 
     def stream(self, image, prompt: str, *, max_new_tokens: int = 128, sampling: SamplingConfig | None = None,
-               system: str | None = None, channels: str = "bgr") -> Generation:
+               system: str | None = None, channels: str = "bgr", iss: bool = True) -> Generation:
         """Start a request; iterate the result for text pieces as they are decoded."""
         if max_new_tokens < 1:
             raise FlashVLError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if not isinstance(prompt, str):
             raise FlashVLError(f"prompt must be a string, got {type(prompt).__name__}")
         gen = Generation()
-        gen._pieces = self._run(gen, image, prompt, max_new_tokens, sampling or SamplingConfig(), system, channels)
+        gen._pieces = self._run(gen, image, prompt, max_new_tokens, sampling or SamplingConfig(), system, channels,
+                                iss)
         return gen
 
     def generate(self, image, prompt: str, **kwargs) -> Result:
@@ -110,20 +113,28 @@ class FlashVL:
             pass
         return gen.result
 
-    def encode_image(self, image, channels: str = "bgr", timings: Timings | None = None) -> np.ndarray:
-        """image -> [1, image_tokens, dim] embeddings."""
+    def encode_image(self, image, channels: str = "bgr", timings: Timings | None = None,
+                     iss: bool = True) -> tuple[np.ndarray, TileLayout | None]:
+        """image -> ([1, image_tokens, dim] embeddings, the tile layout or None for a static model)."""
         t = timings or Timings()
+        pre, tiling = self.manifest.preprocess, self.manifest.tiling
         t0 = time.perf_counter()
-        pre = self.manifest.preprocess
-        pixels = preprocess(load_image(image, channels=channels, background=pre.alpha_background), pre)  # [1, 3, H, W]
+        rgb = load_image(image, channels=channels, background=pre.alpha_background)  # [H, W, 3]
+        if tiling is None:
+            layout, pixels = None, preprocess(rgb, pre)  # [1, 3, S, S]
+        else:
+            layout = plan(rgb.shape[1], rgb.shape[0], tiling, iss=iss)
+            pixels = tile_pixels(rgb, layout, pre)  # [tiles, 3, S, S]
         t1 = time.perf_counter()
-        embeds = self.vision.encode(pixels)  # [1, image_tokens, dim]
+        embeds = self.vision.encode(pixels)  # [tiles, n*n, dim]
+        if layout is not None:
+            embeds = gather_tokens(embeds, layout)[None]  # [1, image_tokens, dim]
         t.preprocess_ms, t.vision_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
-        return embeds
+        return embeds, layout
 
-    def _run(self, gen: Generation, image, prompt, max_new_tokens, sampling, system, channels) -> Iterator[str]:
+    def _run(self, gen: Generation, image, prompt, max_new_tokens, sampling, system, channels, iss) -> Iterator[str]:
         state = LoopState(timings=Timings(), t_start=time.perf_counter())
-        embeds = None if image is None else self.encode_image(image, channels, state.timings)
+        embeds, layout = (None, None) if image is None else self.encode_image(image, channels, state.timings, iss)
         image_tokens = 0 if embeds is None else embeds.shape[1]
         ids = self.tokenizer.encode_prompt(prompt, image_tokens=image_tokens, system=system)  # [P]
         check_prompt_fits(len(ids), image_tokens, self.decoder.max_seq_len)
@@ -144,4 +155,5 @@ class FlashVL:
             yield tail
         out = [t for t in state.tokens if t not in stops]
         gen.result = Result(text="".join(pieces), token_ids=out, prompt_tokens=len(ids), image_tokens=image_tokens,
-                            finish_reason=state.finish_reason, timings=state.timings)
+                            finish_reason=state.finish_reason, timings=state.timings,
+                            tiling=None if layout is None else layout.as_dict())

@@ -36,21 +36,21 @@ Dim = typing.Union[int, str]
 class VisionSpec:
     """The vision tower (SigLIP family): pixels -> patch features."""
 
-    family: str  # "siglip"
-    image_size: int  # square input side, pixels
+    family: str  # "siglip" (LayerNorm, GELU MLP, biases) | "aimv2" (RMSNorm, SwiGLU, no biases)
+    image_size: int  # square input side (one tile for tiled models), pixels
     patch_size: int
     width: int  # hidden size of the tower
     n_layers: int
     n_heads: int
     mlp_dim: int
-    act: str  # "gelu_tanh"
+    act: str  # "gelu_tanh" (siglip) | "swiglu" (aimv2)
     norm_eps: float
-    feature: str  # which hidden state feeds the adapter: "post_layernorm"
+    feature: str  # which hidden state feeds the adapter: after the tower's final norm
 
     def __post_init__(self):
-        _one_of("vision.family", self.family, ("siglip",))
-        _one_of("vision.feature", self.feature, ("post_layernorm",))
-        _one_of("vision.act", self.act, ("gelu_tanh",))
+        _one_of("vision.family", self.family, ("siglip", "aimv2"))
+        _one_of("vision.feature", self.feature, ("post_layernorm",) if self.family == "siglip" else ("post_rmsnorm",))
+        _one_of("vision.act", self.act, ("gelu_tanh",) if self.family == "siglip" else ("swiglu",))
         if self.image_size % self.patch_size:
             raise EngineError(
                 f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -80,6 +80,33 @@ class AdapterSpec:
     def __post_init__(self):
         _one_of("adapter.kind", self.kind, ("pixel_shuffle_mlp",))
         _one_of("adapter.shuffle_order", self.shuffle_order, ("internvl",))
+
+
+@dataclass(frozen=True)
+class TilingSpec:
+    """Dynamic resolution: an image becomes a grid of tiles (+ a thumbnail); see runtime.tiling.
+
+    Every tile is vision.image_size square and yields cells_per_side**2 tokens, one per token
+    cell of cell_px pixels.  With iss_margin m > 0 (Implicit Semantic Stitching) neighbouring
+    tiles overlap by 2m cells and each keeps only its side of the seam, so the kept tokens
+    cover the image once; m = 0 is plain dynamic cropping.  Kept tokens go to the decoder in
+    raster order over the whole image, then the thumbnail's.
+    """
+
+    max_tiles: int  # rows * cols <= max_tiles
+    thumbnail: bool  # add a whole-image tile when the grid has more than one tile
+    iss_margin: int  # token cells kept by each side of a seam; 0 = plain dynamic cropping
+    cell_px: int  # pixels per token cell: patch_size * shuffle_factor
+    cells_per_side: int  # token cells along a tile side
+    order: str  # "raster_then_thumbnail"
+
+    def __post_init__(self):
+        _one_of("tiling.order", self.order, ("raster_then_thumbnail",))
+        if self.max_tiles < 1:
+            raise EngineError(f"tiling.max_tiles must be at least 1, got {self.max_tiles}")
+        if not 0 <= 2 * self.iss_margin < self.cells_per_side:
+            raise EngineError(f"tiling.iss_margin must be in 0..{(self.cells_per_side - 1) // 2} "
+                              f"(less than half a tile's {self.cells_per_side} cells), got {self.iss_margin}")
 
 
 @dataclass(frozen=True)
@@ -232,6 +259,7 @@ class Manifest:
     tokenizer: str  # relative path of tokenizer.json
     files: tuple[FileEntry, ...] = field(default=())
     source: SourceSpec | None = None
+    tiling: TilingSpec | None = None  # None: one fixed-size image (static model)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"

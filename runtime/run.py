@@ -4,7 +4,8 @@
     python -m runtime.run --engine engines/tiny --image photo.jpg --prompt "What is here?" --json
 
 Streams the text to stdout as it is decoded (timings go to stderr), or with --json
-prints one JSON object: text, token_ids, image_tokens, prompt_tokens, finish_reason, timings.
+prints one JSON object: text, token_ids, image_tokens, prompt_tokens, finish_reason, timings, and
+for dynamic-resolution engines the tiling (grid, tiles, ISS margin, image tokens vs plain cropping).
 A user mistake prints one `error:` line to stderr and exits 2.
 """
 
@@ -38,6 +39,8 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     ap.add_argument("--max-seq-len", type=int, default=None,
                     help="context window to allocate the KV cache for (default and upper bound: the engine's)")
+    ap.add_argument("--no-iss", action="store_true",
+                    help="dynamic engines: plain dynamic cropping instead of the manifest's ISS margin")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap.parse_args(argv)
@@ -65,7 +68,7 @@ def main(argv=None) -> int:
                 raise FlashVLError("--image -: stdin is empty; pipe an image file in, e.g. `< photo.jpg`")
         vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len)
         gen = vl.stream(image, args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                        system=args.system)
+                        system=args.system, iss=not args.no_iss)
         if args.json:
             for _ in gen:
                 pass
@@ -92,7 +95,10 @@ def main(argv=None) -> int:
 def _timing_line(r) -> str:
     t = r.timings
     tps = "n/a" if t.decode_tokens_per_s is None else f"{t.decode_tokens_per_s:.1f} tok/s"
-    return (f"[{len(r.token_ids)} tokens, {r.finish_reason}] image {t.preprocess_ms:.0f}+{t.vision_ms:.0f} ms, "
+    tiles = "" if not r.tiling else (f"{r.tiling['grid'][0]}x{r.tiling['grid'][1]} grid, {r.tiling['tiles']} tiles, "
+                                     f"{r.image_tokens} image tokens (plain cropping: "
+                                     f"{r.tiling['plain_dynamic_tokens']}), ")
+    return (f"[{len(r.token_ids)} tokens, {r.finish_reason}] {tiles}image {t.preprocess_ms:.0f}+{t.vision_ms:.0f} ms, "
             f"prefill {r.prompt_tokens} tokens {t.prefill_ms:.0f} ms, TTFT {t.ttft_ms:.0f} ms, decode {tps}")
 
 

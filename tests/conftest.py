@@ -46,6 +46,17 @@ def tiny_engine(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_dynamic_engine(tmp_path_factory) -> Path:
+    """The tiny AIMv2 + ISS engine: `python -m export --preset tiny-dynamic --random-weights --seed 0`."""
+    from export.build import WeightSource, export_engine
+    from export.presets import get_preset
+
+    out = tmp_path_factory.mktemp("engines") / "tiny-dynamic"
+    export_engine(get_preset("tiny-dynamic"), WeightSource(seed=0), out)
+    return out
+
+
 @pytest.fixture()
 def engine_copy(tiny_engine, tmp_path) -> Path:
     """A private copy of the tiny engine that a test may damage."""
@@ -76,4 +87,12 @@ def test_images(tmp_path_factory) -> dict[str, Path]:
     cv2.imwrite(str(out["rgba"]), rgba)
     out["16bit"] = d / "deep.png"
     cv2.imwrite(str(out["16bit"]), scene.astype(np.uint16) * 257)
+    out["panorama"] = d / "panorama.png"
+    cv2.imwrite(str(out["panorama"]), cv2.resize(scene, (1200, 150)))
+    out["portrait"] = d / "portrait.jpg"
+    cv2.imwrite(str(out["portrait"]), cv2.resize(scene, (120, 400)))
+    out["needle"] = d / "needle.png"
+    cv2.imwrite(str(out["needle"]), rng.integers(0, 255, (300, 1, 3), dtype=np.uint8))
+    out["dot"] = d / "dot.png"
+    cv2.imwrite(str(out["dot"]), np.array([[[10, 200, 30]]], np.uint8))
     return out

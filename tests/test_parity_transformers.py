@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
-from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+from transformers import (Aimv2VisionConfig, Aimv2VisionModel, DynamicCache, Qwen2Config, Qwen2ForCausalLM,
+                          SiglipVisionConfig, SiglipVisionModel)
 
 from export.adapter import pixel_shuffle
 from export.decoder import Decoder
 from export.presets import get_preset
 from export.vision import VisionTower
+from export.vision_aimv2 import Aimv2Tower
 from runtime.embedding import splice_image
 
 TOL = 1e-4
@@ -77,6 +79,42 @@ def test_vision_tower_matches_transformers():
     got = ours(pixels)
     assert got.shape == (3, TINY.vision.n_patches, TINY.vision.width)
     assert (got - want).abs().max().item() <= TOL
+
+
+def hf_aimv2(spec) -> Aimv2VisionModel:
+    cfg = Aimv2VisionConfig(hidden_size=spec.width, intermediate_size=spec.mlp_dim, num_hidden_layers=spec.n_layers,
+                            num_attention_heads=spec.n_heads, image_size=spec.image_size, patch_size=spec.patch_size,
+                            rms_norm_eps=spec.norm_eps, hidden_act="silu", qkv_bias=False, mlp_bias=False,
+                            use_head=False, is_native=False)
+    torch.manual_seed(3)
+    model = Aimv2VisionModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@torch.no_grad()
+def test_aimv2_tower_matches_transformers():
+    spec = get_preset("tiny-dynamic").vision
+    hf = hf_aimv2(spec)
+    ours = Aimv2Tower(spec).eval()
+    ours.load_state_dict({k.removeprefix("vision_model."): v for k, v in hf.state_dict().items()}, strict=True)
+    pixels = torch.randn(5, 3, spec.image_size, spec.image_size)  # a batch of tiles
+    want = hf(pixel_values=pixels).last_hidden_state  # after the final RMSNorm
+    got = ours(pixels)
+    assert got.shape == (5, spec.n_patches, spec.width)
+    assert (got - want).abs().max().item() <= TOL
+
+
+def test_dynamic_preset_has_aimv2_huge_dimensions():
+    p = get_preset("flash-vl-2b-dynamic-iss")
+    v = p.vision
+    assert (v.family, v.image_size, v.patch_size, v.n_patches) == ("aimv2", 448, 14, 1024)
+    assert (v.width, v.n_layers, v.n_heads, v.mlp_dim, v.norm_eps) == (1536, 24, 12, 4096, 1e-5)
+    assert (p.adapter.image_tokens, p.adapter.in_dim, p.adapter.out_dim) == (256, 6144, 1536)
+    assert p.decoder == get_preset("flash-vl-2b-static").decoder
+    assert (p.tiling.max_tiles, p.tiling.cells_per_side, p.tiling.cell_px, p.tiling.thumbnail) == (4, 16, 28, True)
 
 
 @torch.no_grad()

@@ -1,0 +1,98 @@
+"""AIMv2 vision tower (AIMv2-huge-patch14-448, the dynamic Flash-VL's encoder), written for ONNX export.
+
+pixels [B, 3, T, T] (one tile) -> last hidden state after the final RMSNorm [B, n_patches, width].
+Names follow transformers' `Aimv2VisionModel` (learned position embeddings, `is_native=False`),
+so its state dict loads without renaming.  Pre-norm blocks: RMSNorm -> attention -> +,
+RMSNorm -> SwiGLU -> +; no biases in attention or MLP.  The attention-pooling head is not
+built: Flash-VL feeds the patch features to the adapter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from export.decoder import RMSNorm
+from runtime.manifest import VisionSpec
+
+
+class Aimv2Embeddings(nn.Module):
+    def __init__(self, spec: VisionSpec):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, spec.width, spec.patch_size, stride=spec.patch_size)
+        self.rms_norm = RMSNorm(spec.width, spec.norm_eps)
+        self.position_embedding = nn.Embedding(spec.n_patches, spec.width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixels).flatten(2).transpose(1, 2)  # [B, n_patches, width]
+        return self.rms_norm(x) + self.position_embedding.weight  # [B, n_patches, width]
+
+
+class Aimv2Attention(nn.Module):
+    def __init__(self, spec: VisionSpec):
+        super().__init__()
+        self.n_heads = spec.n_heads
+        self.head_dim = spec.width // spec.n_heads
+        self.q_proj = nn.Linear(spec.width, spec.width, bias=False)
+        self.k_proj = nn.Linear(spec.width, spec.width, bias=False)
+        self.v_proj = nn.Linear(spec.width, spec.width, bias=False)
+        self.out_proj = nn.Linear(spec.width, spec.width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = self.k_proj(x).view(b, t, self.n_heads, self.head_dim).permute(0, 2, 3, 1)  # [B, H, hd, T]
+        v = self.v_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        probs = torch.softmax(torch.matmul(q, k) * (1.0 / math.sqrt(self.head_dim)), dim=-1)  # [B, H, T, T]
+        out = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, d)  # [B, T, width]
+        return self.out_proj(out)
+
+
+class Aimv2MLP(nn.Module):
+    def __init__(self, spec: VisionSpec):
+        super().__init__()
+        self.gate_proj = nn.Linear(spec.width, spec.mlp_dim, bias=False)
+        self.up_proj = nn.Linear(spec.width, spec.mlp_dim, bias=False)
+        self.down_proj = nn.Linear(spec.mlp_dim, spec.width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # [B, T, width]
+
+
+class Aimv2Block(nn.Module):
+    def __init__(self, spec: VisionSpec):
+        super().__init__()
+        self.rms_norm1 = RMSNorm(spec.width, spec.norm_eps)
+        self.attention = Aimv2Attention(spec)
+        self.rms_norm2 = RMSNorm(spec.width, spec.norm_eps)
+        self.ffn = Aimv2MLP(spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.rms_norm1(x))
+        return x + self.ffn(self.rms_norm2(x))
+
+
+class Aimv2Encoder(nn.Module):
+    def __init__(self, spec: VisionSpec):
+        super().__init__()
+        self.layers = nn.ModuleList(Aimv2Block(spec) for _ in range(spec.n_layers))
+
+
+class Aimv2Tower(nn.Module):
+    """transformers' Aimv2VisionModel without the pooling head."""
+
+    def __init__(self, spec: VisionSpec):
+        super().__init__()
+        self.spec = spec
+        self.embeddings = Aimv2Embeddings(spec)
+        self.encoder = Aimv2Encoder(spec)
+        self.rms_norm = RMSNorm(spec.width, spec.norm_eps)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(pixels)  # [B, n_patches, width]
+        for layer in self.encoder.layers:
+            x = layer(x)
+        return self.rms_norm(x)  # [B, n_patches, width]
