@@ -83,12 +83,14 @@ class Attention(nn.Module):
         return self.o_proj(out), new_k, new_v
 
 
-class MLP(nn.Module):
-    def __init__(self, spec: DecoderSpec):
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), no biases: Qwen2's MLP and AIMv2's FFN."""
+
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.gate_proj = nn.Linear(spec.dim, spec.hidden_dim, bias=False)
-        self.up_proj = nn.Linear(spec.dim, spec.hidden_dim, bias=False)
-        self.down_proj = nn.Linear(spec.hidden_dim, spec.dim, bias=False)
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # [B, S, D]
@@ -100,7 +102,7 @@ class Block(nn.Module):
         self.input_layernorm = RMSNorm(spec.dim, spec.norm_eps)
         self.self_attn = Attention(spec)
         self.post_attention_layernorm = RMSNorm(spec.dim, spec.norm_eps)
-        self.mlp = MLP(spec)
+        self.mlp = SwiGLU(spec.dim, spec.hidden_dim)
 
     def forward(self, x, cos, sin, mask, past_k, past_v):
         h, new_k, new_v = self.self_attn(self.input_layernorm(x), cos, sin, mask, past_k, past_v)

@@ -13,9 +13,8 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from export.decoder import RMSNorm
+from export.decoder import RMSNorm, SwiGLU
 from runtime.manifest import VisionSpec
 
 
@@ -51,24 +50,13 @@ class Aimv2Attention(nn.Module):
         return self.out_proj(out)
 
 
-class Aimv2MLP(nn.Module):
-    def __init__(self, spec: VisionSpec):
-        super().__init__()
-        self.gate_proj = nn.Linear(spec.width, spec.mlp_dim, bias=False)
-        self.up_proj = nn.Linear(spec.width, spec.mlp_dim, bias=False)
-        self.down_proj = nn.Linear(spec.mlp_dim, spec.width, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # [B, T, width]
-
-
 class Aimv2Block(nn.Module):
     def __init__(self, spec: VisionSpec):
         super().__init__()
         self.rms_norm1 = RMSNorm(spec.width, spec.norm_eps)
         self.attention = Aimv2Attention(spec)
         self.rms_norm2 = RMSNorm(spec.width, spec.norm_eps)
-        self.ffn = Aimv2MLP(spec)
+        self.ffn = SwiGLU(spec.width, spec.mlp_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.rms_norm1(x))
