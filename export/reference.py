@@ -30,7 +30,7 @@ from runtime.files import sha256_of
 from runtime.generate import Timings, check_prompt_fits
 from runtime.image import load_image, preprocess
 from runtime.manifest import Manifest, load_manifest
-from runtime.tiling import plan, tile_pixels
+from runtime.tiling import gather_tokens, plan, tile_pixels
 
 
 def rebuild(manifest: Manifest):
@@ -111,7 +111,7 @@ def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, syst
         with torch.no_grad():
             embeds = model.vision_graph(torch.from_numpy(pixels))  # [tiles, n*n, dim]
         if layout is not None:
-            embeds = embeds[torch.from_numpy(layout.tile_index), torch.from_numpy(layout.token_index)][None]
+            embeds = torch.from_numpy(gather_tokens(embeds.numpy(), layout))[None]  # [1, image_tokens, dim]
         timings.preprocess_ms, timings.vision_ms = (t0 - t_start) * 1e3, (time.perf_counter() - t0) * 1e3
     image_tokens = 0 if embeds is None else embeds.shape[1]
     ids = tok.encode_prompt(prompt, image_tokens=image_tokens, system=system)

@@ -32,14 +32,16 @@ class VisionEmbeddings(nn.Module):
 
 
 class VisionAttention(nn.Module):
-    def __init__(self, spec: VisionSpec):
+    """Bidirectional multi-head attention over patches: SigLIP's (with biases) and AIMv2's (without)."""
+
+    def __init__(self, spec: VisionSpec, bias: bool = True):
         super().__init__()
         self.n_heads = spec.n_heads
         self.head_dim = spec.width // spec.n_heads
-        self.q_proj = nn.Linear(spec.width, spec.width)
-        self.k_proj = nn.Linear(spec.width, spec.width)
-        self.v_proj = nn.Linear(spec.width, spec.width)
-        self.out_proj = nn.Linear(spec.width, spec.width)
+        self.q_proj = nn.Linear(spec.width, spec.width, bias=bias)
+        self.k_proj = nn.Linear(spec.width, spec.width, bias=bias)
+        self.v_proj = nn.Linear(spec.width, spec.width, bias=bias)
+        self.out_proj = nn.Linear(spec.width, spec.width, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape

@@ -9,12 +9,11 @@ built: Flash-VL feeds the patch features to the adapter.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from export.decoder import RMSNorm, SwiGLU
+from export.vision import VisionAttention
 from runtime.manifest import VisionSpec
 
 
@@ -30,31 +29,11 @@ class Aimv2Embeddings(nn.Module):
         return self.rms_norm(x) + self.position_embedding.weight  # [B, n_patches, width]
 
 
-class Aimv2Attention(nn.Module):
-    def __init__(self, spec: VisionSpec):
-        super().__init__()
-        self.n_heads = spec.n_heads
-        self.head_dim = spec.width // spec.n_heads
-        self.q_proj = nn.Linear(spec.width, spec.width, bias=False)
-        self.k_proj = nn.Linear(spec.width, spec.width, bias=False)
-        self.v_proj = nn.Linear(spec.width, spec.width, bias=False)
-        self.out_proj = nn.Linear(spec.width, spec.width, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = self.k_proj(x).view(b, t, self.n_heads, self.head_dim).permute(0, 2, 3, 1)  # [B, H, hd, T]
-        v = self.v_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        probs = torch.softmax(torch.matmul(q, k) * (1.0 / math.sqrt(self.head_dim)), dim=-1)  # [B, H, T, T]
-        out = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, d)  # [B, T, width]
-        return self.out_proj(out)
-
-
 class Aimv2Block(nn.Module):
     def __init__(self, spec: VisionSpec):
         super().__init__()
         self.rms_norm1 = RMSNorm(spec.width, spec.norm_eps)
-        self.attention = Aimv2Attention(spec)
+        self.attention = VisionAttention(spec, bias=False)
         self.rms_norm2 = RMSNorm(spec.width, spec.norm_eps)
         self.ffn = SwiGLU(spec.width, spec.mlp_dim)
 

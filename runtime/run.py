@@ -57,8 +57,6 @@ def main(argv=None) -> int:
             raise FlashVLError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         if args.threads is not None and args.threads < 1:
             raise FlashVLError(f"--threads must be at least 1, got {args.threads}")
-        if args.max_seq_len is not None and args.max_seq_len < 2:
-            raise FlashVLError(f"--max-seq-len must be at least 2, got {args.max_seq_len}")
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                   repetition_penalty=args.repetition_penalty, seed=args.seed)
         image = args.image

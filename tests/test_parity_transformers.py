@@ -30,16 +30,21 @@ CACHE = "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parame
 TINY = get_preset("tiny")
 
 
+def seeded_perturbed(build, seed: int, scale: float):
+    """A transformers model built under `seed`, every parameter moved off its init (norms and biases too)."""
+    torch.manual_seed(seed)
+    model = build().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model
+
+
 def hf_siglip(spec) -> SiglipVisionModel:
     cfg = SiglipVisionConfig(hidden_size=spec.width, intermediate_size=spec.mlp_dim, num_hidden_layers=spec.n_layers,
                              num_attention_heads=spec.n_heads, image_size=spec.image_size, patch_size=spec.patch_size,
                              layer_norm_eps=spec.norm_eps, hidden_act="gelu_pytorch_tanh", vision_use_head=False)
-    torch.manual_seed(1)
-    model = SiglipVisionModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)  # move norms/biases off their defaults too
-    return model
+    return seeded_perturbed(lambda: SiglipVisionModel(cfg), seed=1, scale=0.1)
 
 
 def hf_qwen2(spec) -> Qwen2ForCausalLM:
@@ -48,12 +53,7 @@ def hf_qwen2(spec) -> Qwen2ForCausalLM:
                       num_key_value_heads=spec.n_kv_heads, head_dim=spec.head_dim, rms_norm_eps=spec.norm_eps,
                       rope_theta=spec.rope_theta, tie_word_embeddings=True, max_position_embeddings=spec.max_seq_len,
                       attn_implementation="eager")
-    torch.manual_seed(2)
-    model = Qwen2ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    return model
+    return seeded_perturbed(lambda: Qwen2ForCausalLM(cfg), seed=2, scale=0.2)
 
 
 def ours_from_hf_vision(hf: SiglipVisionModel) -> VisionTower:
@@ -86,12 +86,7 @@ def hf_aimv2(spec) -> Aimv2VisionModel:
                             num_attention_heads=spec.n_heads, image_size=spec.image_size, patch_size=spec.patch_size,
                             rms_norm_eps=spec.norm_eps, hidden_act="silu", qkv_bias=False, mlp_bias=False,
                             use_head=False, is_native=False)
-    torch.manual_seed(3)
-    model = Aimv2VisionModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return seeded_perturbed(lambda: Aimv2VisionModel(cfg), seed=3, scale=0.1)
 
 
 @torch.no_grad()
