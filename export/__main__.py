@@ -3,6 +3,14 @@
     python -m export --preset tiny --random-weights --seed 0 --out engines/tiny
     python -m export --preset flash-vl-2b-static --checkpoint ~/Flash-VL-2B --out engines/flash-vl-2b
     python -m export --preset flash-vl-2b-static --vision DIR --llm DIR --adapter FILE --out DIR
+    python -m export --preset tiny --random-weights --precision int4 --out engines/tiny-int4
+
+Precision (per graph, recorded in the manifest): --precision fp32|fp16|int8|int4 sets both graphs
+(int4 is weight-only, for the decoder; the vision graph then gets int8); --vision-precision and
+--decoder-precision override one.  An int8 vision graph is calibrated on --calib-images (default:
+the project's own set in calib/images).  int8/int4 decoder weights are symmetric, per channel
+(int8) or in blocks of 32 (int4), as standard QDQ ONNX (TensorRT and ONNX Runtime) or, with
+--flavour onnxruntime, as ONNX Runtime's MatMulNBits (fastest on the CPU, ONNX Runtime only).
 """
 
 from __future__ import annotations
@@ -12,11 +20,15 @@ import sys
 import time
 from pathlib import Path
 
+from calib.calibrate import DEFAULT_IMAGES, METHODS, CalibConfig
+from calib.sources import count_images
 from export import progress
 from export.build import WeightSource, export_engine, with_max_seq_len
+from export.precision import DECODER_PRECISIONS, VISION_PRECISIONS, plan_from_args
 from export.presets import PRESETS, get_preset
 from export.weights import CheckpointArgs
 from runtime.errors import FlashVLError
+from runtime.manifest import FLAVOURS
 
 
 def main(argv=None) -> int:
@@ -32,6 +44,17 @@ def main(argv=None) -> int:
     w.add_argument("--llm", type=Path, help="Qwen2 folder (with tokenizer.json)")
     w.add_argument("--adapter", type=Path, help="adapter safetensors file")
     ap.add_argument("--max-seq-len", type=int, help="context window to build for (default: the preset's)")
+    q = ap.add_argument_group("precision")
+    q.add_argument("--precision", choices=DECODER_PRECISIONS, help="both graphs (default fp32)")
+    q.add_argument("--vision-precision", choices=VISION_PRECISIONS)
+    q.add_argument("--decoder-precision", choices=DECODER_PRECISIONS)
+    q.add_argument("--flavour", choices=FLAVOURS, default="standard",
+                   help="int8/int4 decoder weights: standard QDQ ONNX (default) or ONNX Runtime's MatMulNBits")
+    q.add_argument("--block-size", type=int, help="weights per scale along the input (0: per channel)")
+    q.add_argument("--quantize-lm-head", action="store_true", help="quantize the logits projection too")
+    q.add_argument("--calib-images", type=Path, default=DEFAULT_IMAGES, help="folder, image or video")
+    q.add_argument("--calib-max", type=int, help="use at most this many calibration images (or video frames)")
+    q.add_argument("--calib-method", choices=METHODS, default="percentile")
     args = ap.parse_args(argv)
 
     ckpt = CheckpointArgs(args.checkpoint, args.vision, args.llm, args.adapter)
@@ -42,8 +65,14 @@ def main(argv=None) -> int:
     source = WeightSource(seed=args.seed) if args.random_weights else WeightSource(checkpoint=ckpt)
     t = time.perf_counter()
     try:
+        plan = plan_from_args(args.precision, args.vision_precision, args.decoder_precision, flavour=args.flavour,
+                              block_size=args.block_size, lm_head=args.quantize_lm_head,
+                              calib=CalibConfig(args.calib_images, args.calib_max, args.calib_method))
+        if plan.vision == "int8":
+            count_images(args.calib_images, args.calib_max)  # a bad --calib-images fails now, not after the export
+        progress.say(f"precision: {plan.describe()}")
         preset = with_max_seq_len(get_preset(args.preset), args.max_seq_len)
-        manifest = export_engine(preset, source, args.out)
+        manifest = export_engine(preset, source, args.out, plan)
     except FlashVLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

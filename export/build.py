@@ -14,14 +14,16 @@ import onnx
 import tokenizers
 import torch
 
+from calib.calibrate import calibrate_into
 from export import progress
 from export.model import FlashVL
 from export.onnx_export import OPSET, export_decoder, export_embeddings, export_vision
+from export.precision import PrecisionPlan, reduce_decoder, reduce_vision_fp16
 from export.presets import Preset
 from export.tokenizer import build_chatml_tokenizer, token_spec_from_tokenizer
 from export.weights import CheckpointArgs, CheckpointError, load_checkpoint, random_weights
 from runtime.files import file_entry
-from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, GraphsSpec, Manifest, SourceSpec
+from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, GraphsSpec, Manifest, SourceSpec, save_manifest
 
 EXPORTER_VERSION = "0.1.0"
 TOKENIZER_FILE = "tokenizer.json"
@@ -77,7 +79,7 @@ def build_model(preset: Preset, source: WeightSource, tokenizer: tokenizers.Toke
     return model, tokens, spec
 
 
-def export_engine(preset: Preset, source: WeightSource, out: Path) -> Manifest:
+def export_engine(preset: Preset, source: WeightSource, out: Path, plan: PrecisionPlan = PrecisionPlan()) -> Manifest:
     for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):
         logging.getLogger(name).setLevel(logging.ERROR)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +97,13 @@ def export_engine(preset: Preset, source: WeightSource, out: Path) -> Manifest:
         embeddings = export_embeddings(model, out / EMBEDDINGS_FILE)
     del model
 
+    if plan.decoder != "fp32":
+        with progress.step(f"decoder.onnx -> {plan.describe().split('decoder ')[1]}"):
+            decoder = reduce_decoder(out / "decoder.onnx", plan, preset.decoder.n_layers)
+    if plan.vision == "fp16":
+        with progress.step("vision.onnx -> fp16"):
+            vision = reduce_vision_fp16(out / "vision.onnx")
+
     names = ["vision.onnx", "vision.onnx.data", "decoder.onnx", "decoder.onnx.data", EMBEDDINGS_FILE, TOKENIZER_FILE]
     with progress.step("hashing files"):
         files = tuple(file_entry(out / n, n) for n in names)
@@ -106,7 +115,9 @@ def export_engine(preset: Preset, source: WeightSource, out: Path) -> Manifest:
         preprocess=preset.preprocess, graphs=GraphsSpec(vision=vision, decoder=decoder), embeddings=embeddings,
         tokenizer=TOKENIZER_FILE,
         files=files, source=source_spec, tiling=preset.tiling)
-    (out / MANIFEST_FILE).write_text(manifest.to_json())  # written last, once: its presence means complete
+    if plan.vision == "int8":
+        manifest = calibrate_into(out, manifest, plan.calib)
+    save_manifest(out, manifest)  # written last, once: its presence means complete
     return manifest
 
 

@@ -18,14 +18,14 @@ import onnx
 import torch
 from torch.export import Dim
 
+from export.graphs import graph_spec, save
 from export.model import FlashVL
 from runtime import graph_io as io
-from runtime.manifest import ArraySpec, GraphSpec, TensorSpec
+from runtime.manifest import ArraySpec, GraphSpec
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
 
 
 def export_vision(model: FlashVL, path: Path) -> GraphSpec:
@@ -69,11 +69,7 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_shapes)
     proto = program.model_proto
     _check_names(proto, path, input_names, output_names)
     name_nodes(proto, path.stem)
-    data = path.name + ".data"
-    for f in (path, path.with_name(data)):
-        f.unlink(missing_ok=True)
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data, size_threshold=1024)  # small shape constants stay inline
+    save(proto, path)
 
 
 def _check_names(proto: onnx.ModelProto, path: Path, inputs, outputs) -> None:
@@ -104,19 +100,3 @@ def name_nodes(proto: onnx.ModelProto, root: str) -> None:
         node.name = base if n == 0 else f"{base}_{n}"
         del node.metadata_props[:]
     del proto.metadata_props[:]
-
-
-def graph_spec(path: Path) -> GraphSpec:
-    """The I/O table of a saved graph, read back from the file itself."""
-    proto = onnx.load(str(path), load_external_data=False)
-
-    def specs(values):
-        out = []
-        for v in values:
-            t = v.type.tensor_type
-            shape = tuple(d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim)
-            out.append(TensorSpec(name=v.name, dtype=_DTYPES[t.elem_type], shape=shape))
-        return tuple(out)
-
-    return GraphSpec(file=path.name, precision="fp32", inputs=specs(proto.graph.input),
-                     outputs=specs(proto.graph.output))

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
+from runtime.backend import ORT_CPU, check_supported
 from runtime.chat import ChatTokenizer
 from runtime.embedding import TokenEmbedding
 from runtime.errors import FlashVLError
@@ -66,6 +67,14 @@ class Generation:
         return next(self._pieces)
 
 
+def vision_pixels(rgb: np.ndarray, manifest: Manifest, iss: bool = True) -> tuple[np.ndarray, TileLayout | None]:
+    """RGB uint8 [H, W, 3] -> the vision graph's input [tiles, 3, S, S] f32 (1 tile for a static model)."""
+    if manifest.tiling is None:
+        return preprocess(rgb, manifest.preprocess), None  # [1, 3, S, S]
+    layout = plan(rgb.shape[1], rgb.shape[0], manifest.tiling, iss=iss)
+    return tile_pixels(rgb, layout, manifest.preprocess), layout  # [tiles, 3, S, S]
+
+
 class FlashVL:
     def __init__(self, engine_dir: Path, manifest: Manifest, vision, decoder, embed: TokenEmbedding,
                  tokenizer: ChatTokenizer):
@@ -86,6 +95,8 @@ class FlashVL:
                                f"window {engine_dir} was exported for; re-export with --max-seq-len for a larger one")
         verify_files(engine_dir, manifest.files)
         g = manifest.graphs
+        for role, spec in (("vision", g.vision), ("decoder", g.decoder)):
+            check_supported(ORT_CPU, role, spec, engine_dir)
         tokenizer = ChatTokenizer.load(engine_dir / manifest.tokenizer, manifest.tokens, manifest.chat)
         vision = OrtVision(engine_dir / g.vision.file, g.vision, threads)
         decoder = OrtDecoder(engine_dir / g.decoder.file, g.decoder, manifest.decoder, threads, max_seq_len)
@@ -117,14 +128,10 @@ class FlashVL:
                      iss: bool = True) -> tuple[np.ndarray, TileLayout | None]:
         """image -> ([1, image_tokens, dim] embeddings, the tile layout or None for a static model)."""
         t = timings or Timings()
-        pre, tiling = self.manifest.preprocess, self.manifest.tiling
+        pre = self.manifest.preprocess
         t0 = time.perf_counter()
         rgb = load_image(image, channels=channels, background=pre.alpha_background)  # [H, W, 3]
-        if tiling is None:
-            layout, pixels = None, preprocess(rgb, pre)  # [1, 3, S, S]
-        else:
-            layout = plan(rgb.shape[1], rgb.shape[0], tiling, iss=iss)
-            pixels = tile_pixels(rgb, layout, pre)  # [tiles, 3, S, S]
+        pixels, layout = vision_pixels(rgb, self.manifest, iss)  # [tiles, 3, S, S]
         t1 = time.perf_counter()
         embeds = self.vision.encode(pixels)  # [tiles, n*n, dim]
         if layout is not None:

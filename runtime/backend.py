@@ -11,12 +11,13 @@ ONNX Runtime implements it in `runtime.ort_backend`; TensorRT will implement the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from runtime.errors import EngineError
-from runtime.manifest import GraphSpec
+from runtime.manifest import FLAVOURS, PRECISIONS, GraphSpec
 
 
 class VisionEngine(Protocol):
@@ -27,6 +28,32 @@ class DecoderEngine(Protocol):
     max_seq_len: int
 
     def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can run: graph flavours and precisions (see runtime.manifest.GraphSpec)."""
+
+    name: str
+    flavours: tuple[str, ...]
+    precisions: tuple[str, ...]
+
+
+# ONNX Runtime's CPU provider runs every flavour and precision (FP16 nodes without an FP16
+# kernel get fp32 casts inserted by ONNX Runtime itself: correct, not faster).
+ORT_CPU = Capabilities("onnxruntime-cpu", flavours=FLAVOURS, precisions=PRECISIONS)
+
+
+def check_supported(caps: Capabilities, role: str, spec: GraphSpec, engine_dir) -> None:
+    """Refuse a graph the backend cannot run, naming what to export instead."""
+    if spec.flavour not in caps.flavours:
+        raise EngineError(f"{engine_dir}/{spec.file}: {role} graph is the {spec.flavour!r} flavour "
+                          f"({spec.precision}), which the {caps.name} backend cannot run; re-export with "
+                          f"`--flavour {caps.flavours[0]}` (supported: {', '.join(caps.flavours)})")
+    if spec.precision not in caps.precisions:
+        raise EngineError(f"{engine_dir}/{spec.file}: {role} graph is {spec.precision}, which the {caps.name} "
+                          f"backend cannot run; re-export with `--{role}-precision {caps.precisions[0]}` "
+                          f"(supported: {', '.join(caps.precisions)})")
 
 
 def check_graph_io(path, spec: GraphSpec, inputs: list[tuple[str, str, list]], outputs: list[tuple[str, str, list]]):

@@ -5,19 +5,29 @@ reads it with `load_manifest`, which checks the schema version, every field's
 type, unknown or missing keys, and (through `runtime.files`) the files' sizes and
 sha256.  Nothing about a model is inferred from file or folder names.
 
-Layout of an engine folder (schema 1):
+Layout of an engine folder (schema 2):
 
     manifest.json          this dataclass, as JSON
     vision.onnx(+.data)    pixels [B,3,H,W] f32 -> image_embeds [B,image_tokens,dim] f32
     decoder.onnx(+.data)   inputs_embeds + positions + past K/V -> last logits + new K/V
     embed_tokens.npy       the input embedding table [vocab, dim] (see runtime.graph_io)
     tokenizer.json         Hugging Face `tokenizers` file with the ChatML special tokens
+    vision.int8.onnx, calibration.json, calibration.cache
+                           after INT8 calibration (`python -m calib`): the QDQ vision graph, the
+                           calibration record, and a legacy TensorRT calibration cache
+
+Precision is a property of each graph (`GraphSpec`): fp32, fp16, int8 or int4, in one of two
+flavours.  "standard" graphs use default-domain ONNX ops only (FP16 tensors, symmetric
+QuantizeLinear/DequantizeLinear with zero point 0), so TensorRT's parser and ONNX Runtime
+both load them; "onnxruntime" graphs use ONNX Runtime's contrib ops (MatMulNBits) and load
+in ONNX Runtime only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +35,7 @@ from pathlib import Path
 
 from runtime.errors import EngineError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-graph precision, flavour, opset and quantization records
 MANIFEST_FILE = "manifest.json"
 
 # A dimension is a fixed int or a symbolic name ("batch", "seq", "past_seq", ...).
@@ -199,15 +209,68 @@ class ArraySpec:
     shape: tuple[int, ...]
 
 
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+FLAVOURS = ("standard", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """Weight quantization of a graph's linear layers: symmetric (zero point 0), dequantized in-graph."""
+
+    bits: int  # 8 | 4
+    block_size: int  # 0: one scale per output channel; else one scale per block_size inputs of a channel
+    format: str  # "qdq": DequantizeLinear -> MatMul (standard ONNX) | "matmul_nbits": com.microsoft.MatMulNBits
+    lm_head: bool  # the logits projection is quantized too (else it stays in the graph's float type)
+    layers: int  # how many weight matrices are quantized (a check that the pass found them all)
+
+    def __post_init__(self):
+        _one_of("weights.bits", self.bits, (8, 4))
+        _one_of("weights.format", self.format, ("qdq", "matmul_nbits"))
+        if self.block_size < 0 or (self.block_size and self.block_size & (self.block_size - 1)):
+            raise EngineError(f"weights.block_size must be 0 (per channel) or a power of two, got {self.block_size}")
+
+
+@dataclass(frozen=True)
+class ActivationQuant:
+    """Static INT8 activation quantization from calibration (the QDQ vision graph)."""
+
+    bits: int  # 8
+    method: str  # "minmax" | "entropy" | "percentile"
+    images: int  # calibration images the ranges came from
+    record: str  # relative path of the calibration record (calibration.json)
+    trt_cache: str  # relative path of the legacy TensorRT calibration cache
+
+    def __post_init__(self):
+        _one_of("activations.bits", self.bits, (8,))
+        _one_of("activations.method", self.method, ("minmax", "entropy", "percentile"))
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     file: str  # relative to the engine folder
-    precision: str  # "fp32"
+    precision: str  # "fp32" | "fp16" | "int8" | "int4" (the weights' type; norms, softmax, logits stay fp32)
+    flavour: str  # "standard": default-domain ONNX ops (TensorRT and ONNX Runtime) | "onnxruntime": contrib ops
+    opset: int  # default-domain opset of the graph
+    weights: WeightQuant | None  # None: float weights (fp32, fp16)
+    activations: ActivationQuant | None  # None: float activations
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
     def __post_init__(self):
-        _one_of("graph.precision", self.precision, ("fp32",))
+        _one_of("graph.precision", self.precision, PRECISIONS)
+        _one_of("graph.flavour", self.flavour, FLAVOURS)
+        where = f"graph {self.file}"
+        if self.precision in ("int8", "int4"):
+            if self.weights is None or self.weights.bits != int(self.precision[3:]):
+                raise EngineError(f"{where}: precision {self.precision} needs a weights record with bits "
+                                  f"{self.precision[3:]}, got {self.weights}")
+        elif self.weights is not None or self.activations is not None:
+            raise EngineError(f"{where}: precision {self.precision} has float weights, but the manifest "
+                              f"carries a quantization record")
+        nbits = self.weights is not None and self.weights.format == "matmul_nbits"
+        if nbits != (self.flavour == "onnxruntime"):
+            raise EngineError(f"{where}: flavour {self.flavour} does not match weight format "
+                              f"{self.weights.format if self.weights else None}")
 
     def input(self, name: str) -> TensorSpec:
         return _by_name(self.inputs, name, self.file)
@@ -220,6 +283,9 @@ class GraphSpec:
 class GraphsSpec:
     vision: GraphSpec
     decoder: GraphSpec
+    # The fp32 vision graph an INT8 one was calibrated from, kept for recalibration and the
+    # accuracy report; None when `vision` itself is the fp32 graph or none was kept.
+    vision_fp32: GraphSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +329,15 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+
+def save_manifest(engine_dir: str | Path, manifest: Manifest) -> None:
+    """Write manifest.json whole and atomically (the folder's commit point); drop the hash stamps."""
+    engine_dir = Path(engine_dir)
+    tmp = engine_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    os.replace(tmp, engine_dir / MANIFEST_FILE)
+    (engine_dir / ".verified.json").unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- loading

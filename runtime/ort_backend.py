@@ -2,7 +2,9 @@
 
 The decoder's KV cache is one NumPy buffer allocated once:
 
-    cache [n_layers, 2, max_seq_len, batch, n_kv_heads, head_dim] f32   (2 = K, V)
+    cache [n_layers, 2, max_seq_len, batch, n_kv_heads, head_dim]   (2 = K, V)
+
+in the graph's K/V type (f32, or f16 for an FP16 graph; the manifest's I/O table says which).
 
 Rows 0..pos-1 of a layer's K are one contiguous block (seq-major), so each call binds
 `past_key.i` to the block's start with shape [pos, ...] and `new_key.i` to row `pos`
@@ -38,6 +40,9 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    # Standard int4 graphs (DequantizeLinear -> MatMul) are fused into MatMulNBits at load; level 4
+    # lets that kernel quantize activations to int8 inside, as the onnxruntime flavour's nodes say.
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "4")
     return so
 
 
@@ -71,8 +76,9 @@ class OrtDecoder:
         self.dec = dec
         self.batch = batch
         self.max_seq_len = min(max_seq_len or dec.max_seq_len, dec.max_seq_len)
+        self.kv_dtype = np.dtype(spec.input(io.past_key(0)).dtype)
         self.cache = np.zeros((dec.n_layers, 2, self.max_seq_len, batch, dec.n_kv_heads, dec.head_dim),
-                              np.float32)  # [L, 2, T, B, Hkv, hd]
+                              self.kv_dtype)  # [L, 2, T, B, Hkv, hd]
         self.logits = np.zeros((batch, dec.vocab_size), np.float32)  # [B, V]
 
     def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray:
@@ -84,14 +90,14 @@ class OrtDecoder:
         binding = self.session.io_binding()
         binding.bind_cpu_input(io.INPUTS_EMBEDS, embeds)
         binding.bind_cpu_input(io.POSITION_IDS, positions)
-        kv_row = self.batch * self.dec.n_kv_heads * self.dec.head_dim  # floats per cache row
+        kv_row = self.batch * self.dec.n_kv_heads * self.dec.head_dim * self.kv_dtype.itemsize  # bytes per row
         for i in range(self.dec.n_layers):
             for j, (past, new) in enumerate(((io.past_key(i), io.new_key(i)), (io.past_value(i), io.new_value(i)))):
                 block = self.cache[i, j]  # [T, B, Hkv, hd], contiguous
                 base = block.ctypes.data
                 shape = [b, self.dec.n_kv_heads, self.dec.head_dim]
-                binding.bind_input(past, "cpu", 0, np.float32, [pos] + shape, base)
-                binding.bind_output(new, "cpu", 0, np.float32, [s] + shape, base + pos * kv_row * 4)
+                binding.bind_input(past, "cpu", 0, self.kv_dtype, [pos] + shape, base)
+                binding.bind_output(new, "cpu", 0, self.kv_dtype, [s] + shape, base + pos * kv_row)
         binding.bind_output(io.LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
         self.session.run_with_iobinding(binding)
         return self.logits  # [B, V]

@@ -1,0 +1,50 @@
+"""`python -m calib`: INT8-calibrate an engine folder's vision graph on real images, in place.
+
+    python -m calib --engine engines/tiny --images calib/images
+    python -m calib --engine engines/flash-vl-2b --images ~/frames.mp4 --max 64 --method entropy
+
+The folder keeps its fp32 vision graph (the manifest's `graphs.vision_fp32`), so it can be
+calibrated again; `graphs.vision` becomes vision.int8.onnx.  See calib/calibrate.py for what is
+written, and `python -m calib.report` to measure the result against an fp32 folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from calib.calibrate import DEFAULT_IMAGES, METHODS, CalibConfig, calibrate
+from export import progress
+from runtime.errors import FlashVLError
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m calib", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", required=True, type=Path, help="engine folder with an fp32 vision graph")
+    ap.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
+                    help="a folder of images, one image, or a video file (default: calib/images)")
+    ap.add_argument("--max", type=int, dest="max_images", help="use at most this many images (or video frames)")
+    ap.add_argument("--method", choices=METHODS, default="percentile",
+                    help="range estimator (default percentile 99.999)")
+    args = ap.parse_args(argv)
+    t = time.perf_counter()
+    try:
+        manifest = calibrate(args.engine, CalibConfig(args.images, args.max_images, args.method))
+    except FlashVLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename or args.engine}: {e.strerror or e}; check the path, its permissions and free space",
+              file=sys.stderr)
+        return 2
+    a = manifest.graphs.vision.activations
+    progress.say(f"calibrated {args.engine} on {a.images} images ({a.method}) in {time.perf_counter() - t:.1f}s: "
+                 f"{manifest.graphs.vision.file}, {a.record}, {a.trt_cache}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
