@@ -77,10 +77,10 @@ def fp32_vision(manifest: Manifest, engine_dir: Path) -> GraphSpec:
                      f"to calibrate from; export the folder with `--vision-precision fp32` (or int8) and calibrate that")
 
 
-def weight_nodes(proto: onnx.ModelProto) -> list[str]:
+def weight_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Linear layers and the patch Conv: nodes of _QUANT_OPS whose weight is an initializer."""
     inits = {t.name for t in proto.graph.initializer}
-    return [n.name for n in proto.graph.node if n.op_type in _QUANT_OPS and len(n.input) > 1 and n.input[1] in inits]
+    return [n for n in proto.graph.node if n.op_type in _QUANT_OPS and len(n.input) > 1 and n.input[1] in inits]
 
 
 class _OneBatch:
@@ -93,16 +93,30 @@ class _OneBatch:
         return self.feeds.pop() if self.feeds else None
 
 
-def collect_ranges(src: Path, manifest: Manifest, config: CalibConfig, report: SourceReport,
+def make_calibrator(src: Path, method: str, tensors: set[str], augmented: Path):
+    """ONNX Runtime's calibrator for `method`, watching only `tensors` (the linear layers' inputs and outputs:
+    all that the QDQ pass quantizes; attention's [heads, seq, seq] scores would cost gigabytes)."""
+    from onnxruntime.quantization import calibrate as c
+
+    base = {"minmax": c.MinMaxCalibrater, "entropy": c.EntropyCalibrater, "percentile": c.PercentileCalibrater}[method]
+
+    class Watched(base):
+        def select_tensors_to_calibrate(self, model):
+            found, value_infos = super().select_tensors_to_calibrate(model)
+            return found & tensors, value_infos
+
+    extra = {"percentile": PERCENTILE} if method == "percentile" else {}
+    calibrator = Watched(src, list(_QUANT_OPS), augmented_model_path=str(augmented), symmetric=True,
+                         use_external_data_format=True, **extra)
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    return calibrator
+
+
+def collect_ranges(src: Path, manifest: Manifest, config: CalibConfig, tensors: set[str], report: SourceReport,
                    hashes: list, work: Path):
     """Run the fp32 graph over the images through ONNX Runtime's calibrator; return its TensorsData."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[config.method]
-    options = {"symmetric": True, "percentile": PERCENTILE}
-    calibrator = create_calibrator(src, list(_QUANT_OPS), augmented_model_path=str(work / "augmented.onnx"),
-                                   calibrate_method=method, use_external_data_format=True, extra_options=options)
+    calibrator = make_calibrator(src, config.method, tensors, work / "augmented.onnx")
     total = count_images(config.images, config.max_images)
     with progress.Bar("calibrating", total=total) as bar:
         for image in iter_images(config.images, config.max_images, report):
@@ -174,15 +188,16 @@ def calibrate_into(engine_dir: Path, manifest: Manifest, config: CalibConfig) ->
     report, hashes = SourceReport(used=0, skipped=[]), []
     with tempfile.TemporaryDirectory(prefix="flashvl-calib-") as tmp:
         work = Path(tmp)
-        ranges_data = collect_ranges(src, manifest, config, report, hashes, work)
+        nodes = weight_nodes(onnx.load(str(src), load_external_data=False))
+        tensors = {t for n in nodes for t in (n.input[0], n.output[0])}
+        ranges_data = collect_ranges(src, manifest, config, tensors, report, hashes, work)
         ranges_file = work / "ranges.json"
         from onnxruntime.quantization.calibrate import save_tensors_data
         save_tensors_data(ranges_data, ranges_file)
         ranges = {name: (float(np.min(t.range_value[0])), float(np.max(t.range_value[1])))
                   for name, t in ranges_data.data.items()}
-        nodes = weight_nodes(onnx.load(str(src), load_external_data=False))
         with progress.step(f"writing {INT8_VISION_FILE} (QDQ, {len(nodes)} layers)"), quiet_onnxruntime():
-            quantize_vision(src, work / "q.onnx", ranges_file, nodes, config.method)
+            quantize_vision(src, work / "q.onnx", ranges_file, [n.name for n in nodes], config.method)
             proto = load(work / "q.onnx")
             name_qdq_nodes(proto)
             save(proto, engine_dir / INT8_VISION_FILE)

@@ -49,6 +49,7 @@ class Report:
     kl_max: float
     positions: int
     exact_match: float  # greedy sequences identical
+    first_token: float  # greedy first tokens identical
     common_prefix_mean: float  # tokens
     new_tokens: int
 
@@ -97,7 +98,7 @@ def compare(engine: Path, against: Path, images: Path, max_images: int | None, n
                            f"compare a reduced-precision folder with the fp32 export of the same weights")
     greedy = SamplingConfig(temperature=0.0)
     prompts = PROMPTS[:n_prompts]
-    cos, tf_top1, kls, matches, prefixes = [], [], [], [], []
+    cos, tf_top1, kls, matches, prefixes, firsts = [], [], [], [], [], []
     report = SourceReport(used=0, skipped=[])
     total = count_images(images, max_images) * len(prompts)
     with progress.Bar("comparing", total=total) as bar:
@@ -110,6 +111,7 @@ def compare(engine: Path, against: Path, images: Path, max_images: int | None, n
                 g = vl.generate(image.rgb, prompt, channels="rgb", max_new_tokens=new_tokens, sampling=greedy)
                 matches.append(r.token_ids == g.token_ids)
                 prefixes.append(common_prefix(r.token_ids, g.token_ids))
+                firsts.append(r.token_ids[:1] == g.token_ids[:1])
                 ids = ref.tokenizer.encode_prompt(prompt, image_tokens=e_ref.shape[1], system=None)
                 cont = r.token_ids + ([] if r.finish_reason == "length" else [ref.manifest.tokens.stop_ids[0]])
                 for lr, ln in zip(teacher_forced(ref, ids, e_ref, cont), teacher_forced(vl, ids, e_ref, cont)):
@@ -124,6 +126,7 @@ def compare(engine: Path, against: Path, images: Path, max_images: int | None, n
                   images=report.used, prompts=len(prompts), vision_cos_mean=float(c.mean()),
                   vision_cos_min=float(c.min()), top1_agreement=float(np.mean(tf_top1)), kl_mean=float(np.mean(kls)),
                   kl_max=float(np.max(kls)), positions=len(kls), exact_match=float(np.mean(matches)),
+                  first_token=float(np.mean(firsts)),
                   common_prefix_mean=float(np.mean(prefixes)), new_tokens=new_tokens)
 
 
@@ -141,6 +144,7 @@ def table(r: Report) -> str:
         f"{r.kl_mean:.2e} / {r.kl_max:.2e} |",
         f"| end to end | both | greedy exact match ({n} generations) | {100 * r.exact_match:.1f}% "
         f"(common prefix {r.common_prefix_mean:.1f} tokens) |",
+        f"| end to end | both | greedy first token equal | {100 * r.first_token:.1f}% |",
     ])
 
 

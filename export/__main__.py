@@ -24,7 +24,7 @@ from calib.calibrate import DEFAULT_IMAGES, METHODS, CalibConfig
 from calib.sources import count_images
 from export import progress
 from export.build import WeightSource, export_engine, with_max_seq_len
-from export.precision import DECODER_PRECISIONS, VISION_PRECISIONS, plan_from_args
+from export.precision import DECODER_PRECISIONS, plan_from_args
 from export.presets import PRESETS, get_preset
 from export.weights import CheckpointArgs
 from runtime.errors import FlashVLError
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-seq-len", type=int, help="context window to build for (default: the preset's)")
     q = ap.add_argument_group("precision")
     q.add_argument("--precision", choices=DECODER_PRECISIONS, help="both graphs (default fp32)")
-    q.add_argument("--vision-precision", choices=VISION_PRECISIONS)
+    q.add_argument("--vision-precision", choices=DECODER_PRECISIONS, help="fp32, fp16 or int8 (calibrated)")
     q.add_argument("--decoder-precision", choices=DECODER_PRECISIONS)
     q.add_argument("--flavour", choices=FLAVOURS, default="standard",
                    help="int8/int4 decoder weights: standard QDQ ONNX (default) or ONNX Runtime's MatMulNBits")

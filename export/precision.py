@@ -76,6 +76,9 @@ def to_fp16(proto: onnx.ModelProto, root: str, fp16_io: tuple[str, ...] = ()) ->
         if not n.name:
             n.name = f"/{root}/fp16_cast/Cast_{i}"
     toposort(out.graph)  # the converter appends its input Casts last; checkers and parsers want order
+    # Without shape inference (it cannot hold a >2 GB graph) the converter leaves stale intermediate
+    # types behind; they are optional, so drop them rather than let a parser trust them.
+    del out.graph.value_info[:]
     return out
 
 
