@@ -11,7 +11,7 @@ RUNTIME = [
     "numpy>=1.24",
     "opencv-python-headless>=4.8",
     "tokenizers>=0.20",
-    "onnxruntime>=1.18",
+    "onnxruntime>=1.22",  # tested with 1.32; MatMulNBits 8-bit and DequantizeLinear int4 blocks on the CPU
 ]
 EXPORT = [
     # Pinned: an unpinned torch pulls several GB of CUDA wheels; 2.13.0 is the local CPU build.
@@ -21,6 +21,10 @@ EXPORT = [
     "safetensors>=0.4",
     "transformers>=5.20,<6",  # tested with 5.24; reference implementations (SigLIP, Qwen2) for parity tests, HF checkpoint configs
     "pillow>=10",  # the transformers image processor used as the preprocessing reference
+    "onnxruntime>=1.32",  # quantization tools: calibrators, quantize_static with a ranges cache, MatMulNBits
+    "ml_dtypes>=0.4",  # int4 numpy arrays for blocked int4 initializers
+    "polygraphy>=0.49",  # graph folding checks, tensor-by-tensor drift (calib.drift)
+    "onnx-graphsurgeon>=0.5",  # Polygraphy's constant folding
 ]
 TEST = ["pytest>=8", "hypothesis>=6.100"]
 
@@ -28,7 +32,8 @@ setup(
     name="flash-vl-edge",
     version="0.1.0",
     description="Edge runtime for the Flash-VL 2B vision-language model: ONNX export, ONNX Runtime / TensorRT runtime",
-    packages=find_packages(include=["runtime", "runtime.*", "export", "export.*"]),
+    packages=find_packages(include=["runtime", "runtime.*", "export", "export.*", "calib", "calib.*"]),
+    package_data={"calib": ["images/*"]},
     python_requires=">=3.10",
     install_requires=RUNTIME,
     extras_require={

@@ -121,7 +121,8 @@ def collect_ranges(src: Path, manifest: Manifest, config: CalibConfig, tensors: 
     with progress.Bar("calibrating", total=total) as bar:
         for image in iter_images(config.images, config.max_images, report):
             pixels, _ = vision_pixels(image.rgb, manifest)  # [tiles, 3, S, S] f32
-            calibrator.collect_data(_OneBatch({"pixel_values": pixels}))
+            with quiet_onnxruntime():
+                calibrator.collect_data(_OneBatch({"pixel_values": pixels}))
             hashes.append({"name": image.name, "shape": list(image.rgb.shape),
                            "sha256": hashlib.sha256(image.rgb.tobytes()).hexdigest()})
             bar.advance()

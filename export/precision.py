@@ -70,8 +70,9 @@ def to_fp16(proto: onnx.ModelProto, root: str, fp16_io: tuple[str, ...] = ()) ->
 
     io_names = [v.name for v in (*proto.graph.input, *proto.graph.output)]
     keep_io = [n for n in io_names if n not in fp16_io]
-    out = convert_float_to_float16(proto, keep_io_types=keep_io, node_block_list=fp32_node_names(proto, root),
-                                   disable_shape_infer=True)
+    blocked = fp32_node_names(proto, root)
+    out = convert_float_to_float16(proto, keep_io_types=keep_io, node_block_list=blocked, disable_shape_infer=True)
+    drop_identity_casts(out)
     for i, n in enumerate(out.graph.node):  # the converter's inserted Casts have no scope
         if not n.name:
             n.name = f"/{root}/fp16_cast/Cast_{i}"
@@ -82,7 +83,20 @@ def to_fp16(proto: onnx.ModelProto, root: str, fp16_io: tuple[str, ...] = ()) ->
     return out
 
 
-# ----------------------------------------------------------------------------- weights
+def drop_identity_casts(proto: onnx.ModelProto) -> None:
+    """The converter leaves fp32 initializers of fp32 nodes as they are, but still routes them through
+    Cast(to=FLOAT) nodes: identities, which constant folding (`polygraphy surgeon sanitize
+    --fold-constants`) would remove.  Remove them here, where the >2 GB graph is already in memory."""
+    f32 = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    casts = [n for n in proto.graph.node if n.op_type == "Cast" and n.input[0] in f32
+             and helper.get_attribute_value(n.attribute[0]) == onnx.TensorProto.FLOAT]
+    rename = {c.output[0]: c.input[0] for c in casts}
+    for n in proto.graph.node:
+        for k, i in enumerate(n.input):
+            if i in rename:
+                n.input[k] = rename[i]
+    for c in casts:
+        proto.graph.node.remove(c)
 
 
 def quantize_symmetric(w: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +289,35 @@ def test_plan_precedence():
     assert plan_from_args("int8", None, None, flavour="onnxruntime").weight_block == 32
     with pytest.raises(FlashVLError):
         plan_from_args(None, None, "int3")
+
+
+# ----------------------------------------------------------------------------- Polygraphy
+
+
+def test_polygraphy_finds_nothing_left_to_fold(precision_engines, tiny_engine):
+    from polygraphy.backend.onnx import FoldConstants, OnnxFromPath
+
+    for d in (tiny_engine, *precision_engines.values()):
+        m = load_manifest(d)
+        for spec in (m.graphs.vision, m.graphs.decoder):
+            before = onnx.load(str(d / spec.file), load_external_data=False)
+            folded = FoldConstants(OnnxFromPath(str(d / spec.file)))()
+            assert len(folded.graph.node) == len(before.graph.node), (d, spec.file)
+
+
+def test_drift_localizes_the_first_quantized_layer(precision_engines, tiny_engine, tmp_path):
+    from calib.drift import drift
+
+    image = DEFAULT_IMAGES / "street_day.jpg"
+    rows = drift(precision_engines["int8"], tiny_engine, "vision", image, "Describe.", tmp_path / "in.json")
+    assert len(rows) > 50
+    first = next(r for r in rows if r.cosine < 1 - 1e-6)
+    assert "embeddings" in first.node or "layers.0" in first.node  # the patch Conv or layer 0's first linear
+    assert min(r.cosine for r in rows) > 0.99
+    same = drift(tiny_engine, tiny_engine, "decoder", image, "Describe.", None)
+    assert same and all(r.cosine > 1 - 1e-9 and r.rel_max == 0 for r in same)
+    # the saved feed is Polygraphy's own format: its CLI loads it
+    cli = Path(sys.executable).parent / "polygraphy"  # the console script installed with the package
+    p = subprocess.run([str(cli), "run", str(tiny_engine / "vision.onnx"), "--onnxrt", "--load-inputs",
+                        str(tmp_path / "in.json")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "PASSED" in p.stdout + p.stderr, p.stdout + p.stderr
