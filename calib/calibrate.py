@@ -149,13 +149,12 @@ def quiet_onnxruntime():
         log.debug("onnxruntime said: %s", out.getvalue().strip())
 
 
-def quantize_vision(src: Path, out: Path, ranges_file: Path, nodes: list[str], method: str) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def quantize_vision(src: Path, out: Path, ranges_file: Path, nodes: list[str], calibrate_method) -> None:
+    """QDQ graph from the ranges file; `calibrate_method` is the one the ranges were computed with (ORT checks)."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    method_enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                   "percentile": CalibrationMethod.Percentile}[method]
     quantize_static(str(src), str(out), calibration_data_reader=None, calibration_cache_path=ranges_file,
-                    calibrate_method=method_enum, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(_QUANT_OPS),
+                    calibrate_method=calibrate_method, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(_QUANT_OPS),
                     nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, use_external_data_format=True,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
@@ -198,7 +197,8 @@ def calibrate_into(engine_dir: Path, manifest: Manifest, config: CalibConfig) ->
         ranges = {name: (float(np.min(t.range_value[0])), float(np.max(t.range_value[1])))
                   for name, t in ranges_data.data.items()}
         with progress.step(f"writing {INT8_VISION_FILE} (QDQ, {len(nodes)} layers)"), quiet_onnxruntime():
-            quantize_vision(src, work / "q.onnx", ranges_file, [n.name for n in nodes], config.method)
+            quantize_vision(src, work / "q.onnx", ranges_file, [n.name for n in nodes],
+                            ranges_data.calibration_method)
             proto = load(work / "q.onnx")
             name_qdq_nodes(proto)
             save(proto, engine_dir / INT8_VISION_FILE)

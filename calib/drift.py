@@ -27,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from calib.report import check_same_model
 from runtime import graph_io as io
 from runtime.api import FlashVL, vision_pixels
 from runtime.errors import FlashVLError
+from runtime.files import verify_files
 from runtime.image import load_image
+from runtime.manifest import Manifest, load_manifest
 
 
 @dataclass(frozen=True)
@@ -41,16 +44,16 @@ class TensorDrift:
     rel_max: float  # max |a - b| / max |a|
 
 
-def graph_feed(vl: FlashVL, ref: FlashVL, graph: str, image: Path, prompt: str) -> dict[str, np.ndarray]:
-    """A real input for `graph`, in the dtypes of `vl`'s graph (the runtime's own feeds)."""
+def graph_feed(manifest: Manifest, ref: FlashVL, graph: str, image: Path, prompt: str) -> dict[str, np.ndarray]:
+    """A real input for `graph`, in the dtypes of `manifest`'s graph (the runtime's own feeds)."""
     rgb = load_image(str(image), channels="rgb", background=ref.manifest.preprocess.alpha_background)
     if graph == "vision":
         pixels, _ = vision_pixels(rgb, ref.manifest)  # [tiles, 3, S, S]
         return {io.PIXEL_VALUES: pixels}
     embeds, _ = ref.encode_image(rgb, channels="rgb")  # [1, N, D]
     ids = ref.tokenizer.encode_prompt(prompt, image_tokens=embeds.shape[1], system=None)  # [P]
-    spec = vl.manifest.graphs.decoder
-    d = vl.manifest.decoder
+    spec = manifest.graphs.decoder
+    d = manifest.decoder
     feed = {io.INPUTS_EMBEDS: ref.embed.prompt(ids, embeds), io.POSITION_IDS: np.arange(len(ids))[None]}
     for i in range(d.n_layers):
         for name in (io.past_key(i), io.past_value(i)):
@@ -87,14 +90,13 @@ def drift(engine: Path, against: Path, graph: str, image: Path, prompt: str,
     import onnx
     from polygraphy.json import save_json
 
-    vl, ref = FlashVL.load(engine), FlashVL.load(against)
-    if vl.manifest.source != ref.manifest.source or vl.manifest.preset != ref.manifest.preset:
-        raise FlashVLError(f"{engine} and {against} hold different models; compare with the fp32 export of the "
-                           f"same weights")
-    feed = graph_feed(vl, ref, graph, image, prompt)
+    manifest, ref = load_manifest(engine), FlashVL.load(against)  # only the fp32 side runs through the runtime
+    verify_files(engine, manifest.files)
+    check_same_model(manifest, ref.manifest, engine, against)
+    feed = graph_feed(manifest, ref, graph, image, prompt)
     if save_inputs is not None:
         save_json([feed], str(save_inputs), description="calib.drift inputs")
-    spec_new, spec_ref = getattr(vl.manifest.graphs, graph), getattr(ref.manifest.graphs, graph)
+    spec_new, spec_ref = getattr(manifest.graphs, graph), getattr(ref.manifest.graphs, graph)
     ref_path, new_path = against / spec_ref.file, engine / spec_new.file
     ref_feed = {k: (v.astype(spec_ref.input(k).dtype) if v.dtype.kind == "f" else v) for k, v in feed.items()}
     order = [(o, n.name) for n in onnx.load(str(ref_path), load_external_data=False).graph.node for o in n.output]

@@ -29,6 +29,7 @@ from calib.sources import SourceReport, count_images, iter_images
 from export import progress
 from runtime.api import FlashVL
 from runtime.errors import FlashVLError
+from runtime.manifest import Manifest
 from runtime.sampling import SamplingConfig
 
 PROMPTS = ("Describe the image.", "What is in the picture?", "List the colours you see.",
@@ -90,12 +91,17 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def check_same_model(a: Manifest, b: Manifest, engine: Path, against: Path) -> None:
+    """Drift is only meaningful between exports of the same architecture and weights."""
+    if a.source != b.source or a.preset != b.preset:
+        raise FlashVLError(f"{engine} and {against} hold different models (preset/weights source differ); "
+                           f"compare a reduced-precision folder with the fp32 export of the same weights")
+
+
 def compare(engine: Path, against: Path, images: Path, max_images: int | None, n_prompts: int,
             new_tokens: int, threads: int | None) -> Report:
     vl, ref = FlashVL.load(engine, threads=threads), FlashVL.load(against, threads=threads)
-    if vl.manifest.source != ref.manifest.source or vl.manifest.preset != ref.manifest.preset:
-        raise FlashVLError(f"{engine} and {against} hold different models (preset/weights source differ); "
-                           f"compare a reduced-precision folder with the fp32 export of the same weights")
+    check_same_model(vl.manifest, ref.manifest, engine, against)
     greedy = SamplingConfig(temperature=0.0)
     prompts = PROMPTS[:n_prompts]
     cos, tf_top1, kls, matches, prefixes, firsts = [], [], [], [], [], []
