@@ -15,6 +15,10 @@ Layout of an engine folder (schema 2):
     vision.int8.onnx, calibration.json, calibration.cache
                            after INT8 calibration (`python -m calib`): the QDQ vision graph, the
                            calibration record, and a legacy TensorRT calibration cache
+    vision.plan, decoder.plan, timing.cache
+                           after `python -m export.trt` on the target GPU: serialized TensorRT
+                           engines, recorded in `trt` (`TrtSpec`) with the TensorRT version, GPU
+                           and optimization profiles they were built for
 
 Precision is a property of each graph (`GraphSpec`): fp32, fp16, int8 or int4, in one of two
 flavours.  "standard" graphs use default-domain ONNX ops only (FP16 tensors, symmetric
@@ -35,7 +39,8 @@ from pathlib import Path
 
 from runtime.errors import EngineError
 
-SCHEMA_VERSION = 2  # 2: per-graph precision, flavour, opset and quantization records
+SCHEMA_VERSION = 3  # 2: per-graph precision, flavour, opset and quantization records; 3: TensorRT plans
+READABLE_VERSIONS = (2, 3)  # a schema 2 folder is a schema 3 folder without TensorRT plans
 MANIFEST_FILE = "manifest.json"
 
 # A dimension is a fixed int or a symbolic name ("batch", "seq", "past_seq", ...).
@@ -309,6 +314,74 @@ class SourceSpec:
 
 
 @dataclass(frozen=True)
+class ProfileShape:
+    """One input's range in a TensorRT optimization profile (concrete dims, min <= opt <= max)."""
+
+    tensor: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def __post_init__(self):
+        if not len(self.min) == len(self.opt) == len(self.max) or any(
+                not 0 <= a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
+            raise EngineError(f"profile shape of '{self.tensor}' needs 0 <= min <= opt <= max per dimension, got "
+                              f"min {list(self.min)} opt {list(self.opt)} max {list(self.max)}")
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """A TensorRT optimization profile; its index in PlanSpec.profiles is TensorRT's profile index."""
+
+    name: str  # "vision" | "prefill" | "decode"
+    shapes: tuple[ProfileShape, ...]  # one per graph input
+
+    def shape(self, tensor: str) -> ProfileShape:
+        for s in self.shapes:
+            if s.tensor == tensor:
+                return s
+        raise EngineError(f"profile {self.name!r} has no input named '{tensor}'")
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """A serialized TensorRT engine built from one ONNX graph of the folder."""
+
+    file: str  # "vision.plan" | "decoder.plan", relative to the engine folder
+    bytes: int
+    sha256: str
+    onnx: str  # the graph file it was built from (GraphSpec.file)
+    onnx_sha256: str  # that graph file's sha256 when the plan was built: a re-export makes the plan stale
+    precision: str  # the graph's precision (strongly typed: TensorRT keeps the ONNX's types)
+    profiles: tuple[ProfileSpec, ...]
+    device_memory: int  # bytes of activation memory the engine asks for, the largest profile's
+    build_seconds: float
+    builder_peak_host_bytes: int  # peak RSS of the building process
+    builder_peak_device_bytes: int  # peak device memory in use while building (-1: not measured)
+
+
+@dataclass(frozen=True)
+class TrtSpec:
+    """What `python -m export.trt` built, and for which machine: plans run only where they were built."""
+
+    tensorrt_version: str  # e.g. "10.3.0"
+    gpu_name: str  # e.g. "Orin" or "NVIDIA H100 80GB HBM3"
+    compute_capability: str  # "major.minor", e.g. "8.7"
+    max_seq_len: int  # decoder profiles cover positions 0..max_seq_len-1
+    max_batch: int  # decoder batch; the vision profile covers up to vision_max_batch tiles
+    vision_max_batch: int
+    workspace_mb: int  # builder workspace limit; 0 = TensorRT's default (the device's memory)
+    low_memory: bool  # built with the low-memory settings (8 GB Orin Nano)
+    vision: PlanSpec
+    decoder: PlanSpec
+
+    def __post_init__(self):
+        if self.max_seq_len < 2 or self.max_batch < 1 or self.vision_max_batch < 1:
+            raise EngineError(f"trt: max_seq_len >= 2, max_batch >= 1 and vision_max_batch >= 1 expected, got "
+                              f"{self.max_seq_len}, {self.max_batch}, {self.vision_max_batch}")
+
+
+@dataclass(frozen=True)
 class Manifest:
     schema_version: int
     model: str  # human name, e.g. "flash-vl-2b-static"
@@ -326,6 +399,7 @@ class Manifest:
     files: tuple[FileEntry, ...] = field(default=())
     source: SourceSpec | None = None
     tiling: TilingSpec | None = None  # None: one fixed-size image (static model)
+    trt: TrtSpec | None = None  # None: no TensorRT plans built (yet) for this folder
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
@@ -364,10 +438,11 @@ def load_manifest(engine_dir: str | Path) -> Manifest:
     if not isinstance(raw, dict):
         raise EngineError(f"{path}: expected a JSON object, got {type(raw).__name__}; re-export the engine folder")
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS or (version == 2 and "trt" in raw):
         raise EngineError(
-            f"{path}: manifest schema version {version!r}, this runtime reads version {SCHEMA_VERSION}; "
-            f"re-export the engine folder with this version's `python -m export`")
+            f"{path}: manifest schema version {version!r}, this runtime reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the engine folder with this version's "
+            f"`python -m export`")
     try:
         return parse_manifest(raw)
     except EngineError as e:
