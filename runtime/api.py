@@ -22,14 +22,15 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.backend import ORT_CPU, check_supported
+from runtime.backend import ORT_CPU, TRT_GPU, check_supported
+from runtime.backend_select import TENSORRT, BackendChoice, choose_backend
 from runtime.chat import ChatTokenizer
 from runtime.embedding import TokenEmbedding
 from runtime.errors import FlashVLError
 from runtime.files import verify_files
 from runtime.generate import LoopState, Timings, check_prompt_fits, decode_loop
 from runtime.image import load_image, preprocess
-from runtime.manifest import Manifest, load_manifest
+from runtime.manifest import FileEntry, Manifest, load_manifest
 from runtime.ort_backend import OrtDecoder, OrtVision
 from runtime.sampling import Sampler, SamplingConfig
 from runtime.tiling import TileLayout, gather_tokens, plan, tile_pixels
@@ -77,32 +78,69 @@ def vision_pixels(rgb: np.ndarray, manifest: Manifest, iss: bool = True) -> tupl
 
 class FlashVL:
     def __init__(self, engine_dir: Path, manifest: Manifest, vision, decoder, embed: TokenEmbedding,
-                 tokenizer: ChatTokenizer):
+                 tokenizer: ChatTokenizer, backend: BackendChoice, owner=None):
         self.engine_dir = engine_dir
         self.manifest = manifest
         self.vision = vision
         self.decoder = decoder
         self.embed = embed
         self.tokenizer = tokenizer
+        self.backend = backend  # which backend runs the graphs, and why
+        self._owner = owner  # what holds device memory (TensorRT), released by close()
+
+    def close(self) -> None:
+        """Release device memory now (TensorRT); the ONNX Runtime backend needs no closing."""
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
+
+    def __enter__(self) -> FlashVL:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @classmethod
-    def load(cls, engine_dir: str | Path, threads: int | None = None, max_seq_len: int | None = None) -> FlashVL:
-        """Open an engine folder; raise FlashVLError (one line, with the fix) if anything is off."""
+    def load(cls, engine_dir: str | Path, threads: int | None = None, max_seq_len: int | None = None,
+             backend: str = "auto", cuda_graphs: bool = True) -> FlashVL:
+        """Open an engine folder; raise FlashVLError (one line, with the fix) if anything is off.
+
+        backend: "auto" (TensorRT when the folder's plans fit this machine, else ONNX Runtime),
+        "trt" or "onnxruntime"; the choice and its reason are in `.backend`.
+        """
         engine_dir = Path(engine_dir)
         manifest = load_manifest(engine_dir)
         if max_seq_len is not None and not 2 <= max_seq_len <= manifest.decoder.max_seq_len:
             raise FlashVLError(f"max_seq_len {max_seq_len} is outside 2..{manifest.decoder.max_seq_len}, the context "
                                f"window {engine_dir} was exported for; re-export with --max-seq-len for a larger one")
         verify_files(engine_dir, manifest.files)
+        choice, cuda = choose_backend(backend, engine_dir, manifest)
+        log.info("%s", choice.line())
         g = manifest.graphs
-        for role, spec in (("vision", g.vision), ("decoder", g.decoder)):
-            check_supported(ORT_CPU, role, spec, engine_dir)
-        tokenizer = ChatTokenizer.load(engine_dir / manifest.tokenizer, manifest.tokens, manifest.chat)
-        vision = OrtVision(engine_dir / g.vision.file, g.vision, threads)
-        decoder = OrtDecoder(engine_dir / g.decoder.file, g.decoder, manifest.decoder, threads, max_seq_len)
+        caps = TRT_GPU if choice.name == TENSORRT else ORT_CPU
+        owner = None
+        try:
+            for role, spec in (("vision", g.vision), ("decoder", g.decoder)):
+                check_supported(caps, role, spec, engine_dir)
+            tokenizer = ChatTokenizer.load(engine_dir / manifest.tokenizer, manifest.tokens, manifest.chat)
+            if choice.name == TENSORRT:
+                from runtime.trt_backend import TrtEngines
+
+                plans = (manifest.trt.vision, manifest.trt.decoder)
+                verify_files(engine_dir, tuple(FileEntry(p.file, p.bytes, p.sha256) for p in plans))
+                owner = TrtEngines(engine_dir, manifest, cuda, max_seq_len, cuda_graphs)
+                vision, decoder = owner.vision, owner.decoder
+            else:
+                vision = OrtVision(engine_dir / g.vision.file, g.vision, threads)
+                decoder = OrtDecoder(engine_dir / g.decoder.file, g.decoder, manifest.decoder, threads, max_seq_len)
+        except BaseException:
+            held = owner or cuda  # device memory taken before the failure
+            if held is not None:
+                held.close()
+            raise
         embed = TokenEmbedding(engine_dir / manifest.embeddings.file, manifest.embeddings, manifest.tokens.image_pad_id)
         log.info("loaded %s (%s) from %s", manifest.model, manifest.preset, engine_dir)
-        return cls(engine_dir, manifest, vision, decoder, embed, tokenizer)
+        return cls(engine_dir, manifest, vision, decoder, embed, tokenizer, choice, owner)
 
     # ------------------------------------------------------------------ requests
 

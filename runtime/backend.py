@@ -6,7 +6,8 @@ DecoderEngine.forward(inputs_embeds [1,S,dim] f32, pos) -> logits [1,vocab] f32
     pos..pos+S-1 of the engine's own cache (allocated once at max_seq_len), and returns the
     last position's logits.  The returned array may be reused by the next call.
 
-ONNX Runtime implements it in `runtime.ort_backend`; TensorRT will implement the same.
+ONNX Runtime implements it in `runtime.ort_backend`, TensorRT in `runtime.trt_backend`;
+`runtime.backend_select` picks one.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class Capabilities:
 # ONNX Runtime's CPU provider runs every flavour and precision (FP16 nodes without an FP16
 # kernel get fp32 casts inserted by ONNX Runtime itself: correct, not faster).
 ORT_CPU = Capabilities("onnxruntime-cpu", flavours=FLAVOURS, precisions=PRECISIONS)
+
+# TensorRT parses default-domain ONNX only; fp16 tensors, INT8 Q/DQ and INT4 block-quantized
+# weights (DequantizeLinear -> MatMul) are all strongly typed graphs it builds as they are.
+TRT_GPU = Capabilities("tensorrt", flavours=("standard",), precisions=PRECISIONS)
 
 
 def check_supported(caps: Capabilities, role: str, spec: GraphSpec, engine_dir) -> None:

@@ -36,6 +36,11 @@ def parse_args(argv):
     ap.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     ap.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
     ap.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible runs)")
+    ap.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "trt"),
+                    help="auto (default): TensorRT when the folder has plans built for this GPU, else ONNX Runtime "
+                         "on the CPU; the choice and its reason are printed once")
+    ap.add_argument("--no-cuda-graphs", action="store_true",
+                    help="TensorRT: run every decode step with a plain enqueue instead of replaying CUDA graphs")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     ap.add_argument("--max-seq-len", type=int, default=None,
                     help="context window to allocate the KV cache for (default and upper bound: the engine's)")
@@ -64,7 +69,9 @@ def main(argv=None) -> int:
             image = sys.stdin.buffer.read()  # encoded bytes, e.g. `cat photo.jpg | ... --image -`
             if not image:
                 raise FlashVLError("--image -: stdin is empty; pipe an image file in, e.g. `< photo.jpg`")
-        vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len)
+        vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
+                          cuda_graphs=not args.no_cuda_graphs)
+        print(vl.backend.line(), file=sys.stderr)
         gen = vl.stream(image, args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
                         system=args.system, iss=not args.no_iss)
         if args.json:

@@ -30,6 +30,7 @@ from runtime.errors import EngineError
 from runtime.manifest import DecoderSpec, GraphSpec, ProfileShape, ProfileSpec, TensorSpec
 
 PREFILL, DECODE = 0, 1  # profile indices of decoder.plan
+KV_CACHE = "kv_cache"  # the one device buffer behind every past_* / new_* binding
 
 
 # ----------------------------------------------------------------------------- profiles
@@ -93,27 +94,27 @@ class Buffer:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
-def max_shape(profiles: tuple[ProfileSpec, ...], tensor: str) -> tuple[int, ...]:
-    shapes = [p.shape(tensor).max for p in profiles]
-    return tuple(max(d) for d in zip(*shapes))
+def profile_max(profiles: tuple[ProfileSpec, ...], tensor: str, axis: int) -> int:
+    """The largest size of one axis of an input over all profiles (e.g. the batch of tiles, the context)."""
+    return max(p.shape(tensor).max[axis] for p in profiles)
 
 
-def vision_buffers(graph: GraphSpec, profiles: tuple[ProfileSpec, ...], image_tokens: int, dim: int) -> list[Buffer]:
-    """pixel_values at the profile maximum, image_embeds for as many tiles."""
-    pix = max_shape(profiles, io.PIXEL_VALUES)  # [Bv, 3, S, S]
-    return [Buffer(io.PIXEL_VALUES, graph.input(io.PIXEL_VALUES).dtype, pix),
-            Buffer(io.IMAGE_EMBEDS, graph.output(io.IMAGE_EMBEDS).dtype, (pix[0], image_tokens, dim))]
+def vision_buffers(graph: GraphSpec, max_batch: int, image_tokens: int, dim: int) -> list[Buffer]:
+    """pixel_values and image_embeds for max_batch tiles."""
+    pix = graph.input(io.PIXEL_VALUES)
+    s = tuple(d for d in pix.shape[1:])  # [3, S, S], fixed by the export
+    return [Buffer(io.PIXEL_VALUES, pix.dtype, (max_batch,) + s),  # [Bv, 3, S, S]
+            Buffer(io.IMAGE_EMBEDS, graph.output(io.IMAGE_EMBEDS).dtype, (max_batch, image_tokens, dim))]
 
 
-def decoder_buffers(graph: GraphSpec, dec: DecoderSpec, profiles: tuple[ProfileSpec, ...]) -> list[Buffer]:
-    """Inputs at the profile maxima, the logits, and the KV cache [L, 2, T, B, Hkv, hd]."""
-    emb = max_shape(profiles, io.INPUTS_EMBEDS)  # [B, T, D]
-    b, t = emb[0], emb[1]
-    return [Buffer(io.INPUTS_EMBEDS, graph.input(io.INPUTS_EMBEDS).dtype, emb),
-            Buffer(io.POSITION_IDS, graph.input(io.POSITION_IDS).dtype, (b, t)),
-            Buffer(io.LOGITS, graph.output(io.LOGITS).dtype, (b, dec.vocab_size)),
-            Buffer("kv_cache", graph.input(io.past_key(0)).dtype,
-                   (dec.n_layers, 2, t, b, dec.n_kv_heads, dec.head_dim))]
+def decoder_buffers(graph: GraphSpec, dec: DecoderSpec, max_seq_len: int, batch: int) -> list[Buffer]:
+    """Inputs for a whole-context prompt, the logits, and the KV cache [L, 2, T, B, Hkv, hd]."""
+    t, b = max_seq_len, batch
+    return [Buffer(io.INPUTS_EMBEDS, graph.input(io.INPUTS_EMBEDS).dtype, (b, t, dec.dim)),  # [B, T, D]
+            Buffer(io.POSITION_IDS, graph.input(io.POSITION_IDS).dtype, (b, t)),  # [B, T]
+            Buffer(io.LOGITS, graph.output(io.LOGITS).dtype, (b, dec.vocab_size)),  # [B, V]
+            Buffer(KV_CACHE, graph.input(io.past_key(0)).dtype,
+                   (dec.n_layers, 2, t, b, dec.n_kv_heads, dec.head_dim))]  # [L, 2, T, B, Hkv, hd]
 
 
 # ----------------------------------------------------------------------------- one decoder call

@@ -1,0 +1,246 @@
+"""TensorRT backend: the VisionEngine / DecoderEngine interface over vision.plan and decoder.plan.
+
+Memory, all allocated once at load (runtime.trt_profiles says the shapes):
+
+    device  pixel_values [Bv,3,S,S]  image_embeds [Bv,N,D]           vision I/O
+            inputs_embeds [B,T,D]  position_ids [B,T]  logits [B,V]  decoder I/O
+            kv_cache [L,2,T,B,Hkv,hd]                                 stays on the device
+            one activation block per engine (the decoder's two contexts share theirs)
+    pinned  the same I/O shapes on the host, the only staging the calls copy through
+
+One decoder call: write the embeddings and positions into pinned memory, then on one stream
+copy them in, bind `past_*` to the cache's first row and `new_*` to row pos (no K/V byte
+crosses to the host, ever), enqueue, copy back only the logits, synchronize.  Single-token
+steps run on the "decode" profile's context; a step's shapes and addresses depend only on pos,
+so after the first visit to a position its whole step (copies in, engine, logits out) is
+captured in a CUDA graph and later visits replay it with one launch.
+
+Everything TensorRT-specific goes through runtime.trt_compat; memory through runtime.cuda_mem.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from runtime import cuda_mem
+from runtime import graph_io as io
+from runtime import trt_compat
+from runtime.backend import check_graph_io
+from runtime.errors import EngineError
+from runtime.manifest import DecoderSpec, GraphSpec, Manifest, PlanSpec
+from runtime.trt_profiles import (DECODE, KV_CACHE, PREFILL, check_shape, decoder_buffers, decoder_call,
+                                  profile_max, vision_buffers)
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+def load_engine(trt, trt_runtime, path: Path, graph: GraphSpec, plan: PlanSpec):
+    """Deserialize a plan and check its I/O and profiles against the manifest."""
+    engine = trt_runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise EngineError(f"{path}: TensorRT cannot deserialize it (see its log above); rebuild the plans on this "
+                          f"machine with `python -m export.trt --engine {path.parent}`")
+    got = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        kind = "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
+        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name
+        got[name] = (kind, dtype, [d if d >= 0 else "dynamic" for d in engine.get_tensor_shape(name)])
+    want = [t.name for t in graph.inputs + graph.outputs]
+    if sorted(got) != sorted(want):
+        raise EngineError(f"{path}: the plan's I/O tensors {sorted(got)[:6]}... are not the graph's "
+                          f"{sorted(want)[:6]}... in manifest.json; the plan was built from another export, rebuild "
+                          f"it with `python -m export.trt --engine {path.parent}`")
+    # TensorRT lists I/O tensors in its own order: compare them in the manifest's
+    table = {k: [(t.name, got[t.name][1], got[t.name][2]) for t in specs if got[t.name][0] == k]
+             for k, specs in (("input", graph.inputs), ("output", graph.outputs))}
+    check_graph_io(path, graph, table["input"], table["output"])
+    if engine.num_optimization_profiles != len(plan.profiles):
+        raise EngineError(f"{path}: {engine.num_optimization_profiles} optimization profiles, manifest.json lists "
+                          f"{len(plan.profiles)}; rebuild with `python -m export.trt --engine {path.parent}`")
+    for index, profile in enumerate(plan.profiles):
+        for s in profile.shapes:
+            got_shape = tuple(tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(s.tensor, index))
+            if got_shape != (s.min, s.opt, s.max):
+                raise EngineError(f"{path}: profile {profile.name!r} of '{s.tensor}' is {got_shape}, manifest.json "
+                                  f"says {(s.min, s.opt, s.max)}; rebuild with `python -m export.trt --engine "
+                                  f"{path.parent}`")
+    return engine
+
+
+class _Context:
+    """One execution context on one profile, with its binding checks."""
+
+    def __init__(self, trt, engine, plan_path: Path, profile_index: int, profile, scratch, scratch_bytes, stream):
+        self.plan_path = plan_path
+        self.profile = profile
+        self.context = trt_compat.user_managed_context(trt, engine)
+        trt_compat.set_device_memory(self.context, scratch.ptr, scratch_bytes)
+        if not self.context.set_optimization_profile_async(profile_index, stream.handle):
+            raise EngineError(f"{plan_path}: TensorRT refused optimization profile {profile_index} "
+                              f"({profile.name}); rebuild the plans")
+
+    def set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        check_shape(self.profile, name, shape, str(self.plan_path))
+        if not self.context.set_input_shape(name, shape):
+            raise EngineError(f"{self.plan_path}: TensorRT refused shape {list(shape)} for '{name}' "
+                              f"(profile {self.profile.name!r}); rebuild the plans")
+
+    def set_address(self, name: str, ptr: int) -> None:
+        if not self.context.set_tensor_address(name, ptr):
+            raise EngineError(f"{self.plan_path}: TensorRT refused the address of '{name}'")
+
+    def execute(self, stream) -> None:
+        if not self.context.execute_async_v3(stream.handle):
+            raise EngineError(f"{self.plan_path}: TensorRT failed to run the {self.profile.name!r} profile (see its "
+                              f"log above); `python -m export.trt check --engine {self.plan_path.parent}` tells a "
+                              f"miscompiled plan from a bad export")
+
+
+# ----------------------------------------------------------------------------- vision
+
+
+class TrtVision:
+    def __init__(self, trt, trt_runtime, cuda, stream, engine_dir: Path, graph: GraphSpec, plan: PlanSpec,
+                 image_tokens: int, dim: int):
+        self.cuda, self.stream = cuda, stream
+        path = engine_dir / plan.file
+        self.engine = load_engine(trt, trt_runtime, path, graph, plan)
+        self.max_batch = profile_max(plan.profiles, io.PIXEL_VALUES, 0)
+        scratch_bytes = trt_compat.device_memory_size(self.engine)
+        self.scratch = cuda.malloc(scratch_bytes)
+        self.context = _Context(trt, self.engine, path, 0, plan.profiles[0], self.scratch, scratch_bytes, stream)
+        bufs = vision_buffers(graph, self.max_batch, image_tokens, dim)
+        self.dev = {b.name: cuda.malloc(b.nbytes) for b in bufs}
+        self.host = {b.name: cuda.pinned(b.shape, b.dtype) for b in bufs}  # [Bv,3,S,S], [Bv,N,D]
+        for name, buf in self.dev.items():
+            self.context.set_address(name, buf.ptr)
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        # [tiles, 3, S, S] f32 -> [tiles, N, D] f32, max_batch tiles per run
+        pix, emb = self.host[io.PIXEL_VALUES], self.host[io.IMAGE_EMBEDS]
+        out = np.empty((len(pixels),) + emb.shape[1:], np.float32)  # [tiles, N, D]
+        for start in range(0, len(pixels), self.max_batch):
+            n = min(self.max_batch, len(pixels) - start)
+            pix[:n] = pixels[start:start + n]
+            self.context.set_shape(io.PIXEL_VALUES, (n,) + pix.shape[1:])
+            self.cuda.h2d(self.dev[io.PIXEL_VALUES].ptr, pix[:n], self.stream)
+            self.context.execute(self.stream)
+            self.cuda.d2h(emb[:n], self.dev[io.IMAGE_EMBEDS].ptr, self.stream)
+            self.cuda.synchronize(self.stream)
+            out[start:start + n] = emb[:n]
+        return out
+
+
+# ----------------------------------------------------------------------------- decoder
+
+
+class TrtDecoder:
+    def __init__(self, trt, trt_runtime, cuda, stream, engine_dir: Path, graph: GraphSpec, plan: PlanSpec,
+                 dec: DecoderSpec, max_seq_len: int | None = None, batch: int = 1, cuda_graphs: bool = True):
+        self.cuda, self.stream, self.dec, self.batch = cuda, stream, dec, batch
+        path = engine_dir / plan.file
+        self.engine = load_engine(trt, trt_runtime, path, graph, plan)
+        built = profile_max(plan.profiles, io.INPUTS_EMBEDS, 1)
+        self.max_seq_len = min(max_seq_len or built, built)
+        check_shape(plan.profiles[PREFILL], io.INPUTS_EMBEDS, (batch, 1, dec.dim), str(path))
+        # both contexts run on one activation block: they never run at the same time
+        scratch_bytes = trt_compat.device_memory_size(self.engine)
+        self.scratch = cuda.malloc(scratch_bytes)
+        self.contexts = [_Context(trt, self.engine, path, i, plan.profiles[i], self.scratch, scratch_bytes, stream)
+                         for i in (PREFILL, DECODE)]
+        bufs = decoder_buffers(graph, dec, self.max_seq_len, batch)
+        self.dev = {b.name: cuda.malloc(b.nbytes) for b in bufs}
+        self.host = {b.name: cuda.pinned(b.shape, b.dtype) for b in bufs if b.name != KV_CACHE}
+        self.itemsize = np.dtype(graph.input(io.past_key(0)).dtype).itemsize
+        self.logits = self.host[io.LOGITS]  # [B, V] f32, pinned; returned to the loop and reused
+        cuda.memset(self.dev[KV_CACHE].ptr, 0, self.dev[KV_CACHE].nbytes, stream)
+        cuda.synchronize(stream)
+        self.use_graphs = cuda_graphs and cuda.supports_graphs
+        self.graphs: dict[int, object] = {}  # pos -> captured decode step
+
+    def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray:
+        b, s, d = inputs_embeds.shape
+        assert b == self.batch and d == self.dec.dim, inputs_embeds.shape
+        call = decoder_call(self.dec, self.max_seq_len, b, self.itemsize, s, pos)
+        embeds = self.host[io.INPUTS_EMBEDS].reshape(-1)[:b * s * d]  # the first B*S*D of [B, T, D]
+        embeds[:] = inputs_embeds.reshape(-1)
+        positions = self.host[io.POSITION_IDS].reshape(-1)[:b * s]  # [B*S] of [B, T]
+        positions[:] = np.tile(np.arange(pos, pos + s, dtype=positions.dtype), b)
+
+        graph = self.graphs.get(pos) if s == 1 else None
+        if graph is not None:
+            graph.launch(self.stream)  # copies in, engine, logits out: recorded at this pos's first visit
+        else:
+            context = self.contexts[call.profile]
+            self._bind(context, call)
+            self._step(context, embeds, positions)
+        self.cuda.synchronize(self.stream)
+        if graph is None and s == 1 and self.use_graphs:
+            self._capture(self.contexts[DECODE], pos, embeds, positions)
+        return self.logits  # [B, V]
+
+    def _bind(self, context: _Context, call) -> None:
+        for name, shape in call.shapes.items():
+            context.set_shape(name, shape)
+        for name in (io.INPUTS_EMBEDS, io.POSITION_IDS, io.LOGITS):
+            context.set_address(name, self.dev[name].ptr)
+        cache = self.dev[KV_CACHE].ptr
+        for name, offset in call.offsets.items():
+            context.set_address(name, cache + offset)
+
+    def _step(self, context: _Context, embeds: np.ndarray, positions: np.ndarray) -> None:
+        self.cuda.h2d(self.dev[io.INPUTS_EMBEDS].ptr, embeds, self.stream)
+        self.cuda.h2d(self.dev[io.POSITION_IDS].ptr, positions, self.stream)
+        context.execute(self.stream)
+        self.cuda.d2h(self.logits, self.dev[io.LOGITS].ptr, self.stream)  # only the logits come back
+
+    def _capture(self, context: _Context, pos: int, embeds: np.ndarray, positions: np.ndarray) -> None:
+        """Record this position's step (already run once, as TensorRT asks before a capture)."""
+        try:
+            self.cuda.begin_capture(self.stream)
+            try:
+                self._step(context, embeds, positions)
+            finally:
+                graph = self.cuda.end_capture(self.stream)
+        except EngineError as e:
+            log.warning("CUDA graph capture failed at position %d (%s); decoding without CUDA graphs", pos, e)
+            self.use_graphs = False
+            return
+        self.graphs[pos] = graph
+
+
+# ----------------------------------------------------------------------------- the pair
+
+
+class TrtEngines:
+    """Both plans, one CUDA stream, and the memory they own; close() releases it all."""
+
+    def __init__(self, engine_dir: Path, manifest: Manifest, cuda=None, max_seq_len: int | None = None,
+                 cuda_graphs: bool = True):
+        trt = trt_compat.import_tensorrt()
+        self.cuda = cuda or cuda_mem.open_cuda()
+        self.stream = self.cuda.new_stream()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        t, g = manifest.trt, manifest.graphs
+        assert t is not None, "choose_backend checks that the folder has plans"
+        self.vision = TrtVision(trt, self._runtime, self.cuda, self.stream, engine_dir, g.vision, t.vision,
+                                manifest.adapter.image_tokens, manifest.decoder.dim)
+        self.decoder = TrtDecoder(trt, self._runtime, self.cuda, self.stream, engine_dir, g.decoder, t.decoder,
+                                  manifest.decoder, max_seq_len, cuda_graphs=cuda_graphs)
+
+    def close(self) -> None:
+        """Drop TensorRT objects before the memory they point into."""
+        for part in ("decoder", "vision"):
+            engine = self.__dict__.pop(part, None)
+            if engine is not None:
+                engine.__dict__.clear()
+        self._runtime = None
+        self.cuda.close()
