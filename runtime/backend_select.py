@@ -57,7 +57,7 @@ def plan_mismatch(engine_dir, manifest: Manifest, trt_version: str, gpu_name: st
     return ""
 
 
-def decide(requested: str, has_plans: bool, trt_problem: str, gpu_problem: str, mismatch: str,
+def decide(requested: str, trt_problem: str, gpu_problem: str, mismatch: str,
            built_for: str = "") -> BackendChoice:
     """The choice from the facts; each *_problem / mismatch is '' when fine, else the reason."""
     if requested not in BACKENDS:
@@ -68,32 +68,32 @@ def decide(requested: str, has_plans: bool, trt_problem: str, gpu_problem: str, 
     if problem:
         if requested == "trt":
             raise EngineError(f"--backend trt: {problem}; or run on the CPU with --backend onnxruntime")
-        return BackendChoice(ONNXRUNTIME, problem if has_plans else f"no TensorRT plans: {problem}")
+        return BackendChoice(ONNXRUNTIME, problem)
     return BackendChoice(TENSORRT, f"plans built for {built_for} match this machine")
 
 
 def choose_backend(requested: str, engine_dir: Path, manifest: Manifest):
     """(BackendChoice, open Cuda or None): probes only as far as the decision needs."""
     if requested not in BACKENDS:
-        decide(requested, False, "", "", "")  # raises the message
+        decide(requested, "", "", "")  # raises the message
     t = manifest.trt
     if requested == ONNXRUNTIME:
-        return decide(requested, t is not None, "", "", ""), None
+        return decide(requested, "", "", ""), None
     if t is None:
-        return decide(requested, False, "", "", plan_mismatch(engine_dir, manifest, "", "", "")), None
+        return decide(requested, "", "", plan_mismatch(engine_dir, manifest, "", "", "")), None
     try:
         version = trt_compat.version_string(trt_compat.import_tensorrt())
     except EngineError as e:
-        return decide(requested, True, str(e), "", ""), None
+        return decide(requested, str(e), "", ""), None
     ok, why = cuda_mem.probe_cuda()
     if not ok:
-        return decide(requested, True, "", why, ""), None
+        return decide(requested, "", why, ""), None
     cuda = cuda_mem.open_cuda()
     info = cuda.device_info()
     mismatch = plan_mismatch(engine_dir, manifest, version, info.name, info.compute_capability)
     built = f"TensorRT {t.tensorrt_version} on {t.gpu_name} (sm {t.compute_capability})"
     try:
-        choice = decide(requested, True, "", "", mismatch, built)
+        choice = decide(requested, "", "", mismatch, built)
     except EngineError:
         cuda.close()
         raise

@@ -23,10 +23,12 @@ from runtime.errors import FlashVLError
 PROMPT = "Describe the image in detail."
 
 
-def bench_engine(engine: Path, images: list[Path], new_tokens: int, runs: int, threads: int | None) -> list[dict]:
+def bench_engine(engine: Path, images: list[Path], new_tokens: int, runs: int, threads: int | None,
+                 backend: str = "auto") -> list[dict]:
     from runtime.api import FlashVL
 
-    vl = FlashVL.load(engine, threads=threads)
+    vl = FlashVL.load(engine, threads=threads, backend=backend)
+    print(vl.backend.line(), file=sys.stderr, flush=True)
     modes = [("static", True)] if vl.manifest.tiling is None else [("dynamic+ISS", True), ("dynamic", False)]
     vl.generate(images[0], PROMPT, max_new_tokens=2)  # warm-up: first-run allocations and page-ins
     rows = []
@@ -37,7 +39,8 @@ def bench_engine(engine: Path, images: list[Path], new_tokens: int, runs: int, t
             tiling = results[0].tiling or {}
             tps = [x.decode_tokens_per_s for x in t if x.decode_tokens_per_s]
             rows.append({
-                "engine": str(engine), "model": vl.manifest.model, "mode": mode, "image": image.name,
+                "engine": str(engine), "model": vl.manifest.model, "backend": vl.backend.name, "mode": mode,
+                "image": image.name,
                 "grid": "x".join(map(str, tiling.get("grid", [1, 1]))), "tiles": tiling.get("tiles", 1),
                 "image_tokens": results[0].image_tokens, "prompt_tokens": results[0].prompt_tokens,
                 "vision_ms": statistics.median(x.vision_ms for x in t),
@@ -45,6 +48,7 @@ def bench_engine(engine: Path, images: list[Path], new_tokens: int, runs: int, t
                 "ttft_ms": statistics.median(x.ttft_ms for x in t),
                 "decode_tokens_per_s": statistics.median(tps) if tps else None, "runs": runs})
             print(_line(rows[-1]), file=sys.stderr, flush=True)
+    vl.close()
     del vl
     gc.collect()
     return rows
@@ -52,12 +56,13 @@ def bench_engine(engine: Path, images: list[Path], new_tokens: int, runs: int, t
 
 def _line(r: dict) -> str:
     tps = "n/a" if r["decode_tokens_per_s"] is None else f"{r['decode_tokens_per_s']:.2f}"
-    return (f"| {r['model']} | {r['mode']} | {r['image']} | {r['grid']} | {r['tiles']} | {r['image_tokens']} | "
+    return (f"| {r['model']} | {r['backend']} | {r['mode']} | {r['image']} | {r['grid']} | {r['tiles']} | "
+            f"{r['image_tokens']} | "
             f"{r['vision_ms'] / 1e3:.2f} | {r['prefill_ms'] / 1e3:.2f} | {r['ttft_ms'] / 1e3:.2f} | {tps} |")
 
 
-HEADER = ("| model | mode | image | grid | tiles | image tokens | vision s | prefill s | TTFT s | decode tok/s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| model | backend | mode | image | grid | tiles | image tokens | vision s | prefill s | TTFT s | "
+          "decode tok/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv=None) -> int:
@@ -68,6 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "trt"))
     ap.add_argument("--json", type=Path, help="write every row as JSON here")
     args = ap.parse_args(argv)
     if args.runs < 1 or args.new_tokens < 2:
@@ -76,7 +82,7 @@ def main(argv=None) -> int:
     rows = []
     try:
         for engine in args.engine:
-            rows += bench_engine(engine, args.image, args.new_tokens, args.runs, args.threads)
+            rows += bench_engine(engine, args.image, args.new_tokens, args.runs, args.threads, args.backend)
     except FlashVLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

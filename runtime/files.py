@@ -51,8 +51,9 @@ def verify_files(engine_dir: Path, entries: tuple[FileEntry, ...]) -> None:
                 raise EngineError(f"{path}: sha256 {got[:12]}..., manifest.json says {e.sha256[:12]}...; the file "
                                   f"is corrupt or from another export, re-export the engine folder")
         fresh[e.path] = stamp
-    if fresh != stamps:
-        _write_stamps(engine_dir, fresh)
+    merged = {**stamps, **fresh}  # other files' stamps stay: the ONNX and TensorRT backends check different sets
+    if merged != stamps:
+        _write_stamps(engine_dir, merged)
 
 
 def _read_stamps(engine_dir: Path) -> dict:

@@ -71,18 +71,19 @@ def main(argv=None) -> int:
                 raise FlashVLError("--image -: stdin is empty; pipe an image file in, e.g. `< photo.jpg`")
         vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
                           cuda_graphs=not args.no_cuda_graphs)
-        print(vl.backend.line(), file=sys.stderr)
         gen = vl.stream(image, args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
                         system=args.system, iss=not args.no_iss)
         if args.json:
             for _ in gen:
                 pass
             print(json.dumps(gen.result.as_dict(), ensure_ascii=False))
+            print(vl.backend.line(), file=sys.stderr)
         else:
             for piece in gen:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+            print(vl.backend.line(), file=sys.stderr)  # after the run: a user mistake stays one line
             print(_timing_line(gen.result), file=sys.stderr)
     except FlashVLError as e:
         print(f"error: {e}", file=sys.stderr)

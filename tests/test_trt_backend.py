@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from runtime import graph_io as io
 from runtime.api import FlashVL
-from runtime.backend_select import decide, plan_mismatch
+from runtime.backend_select import BackendChoice, decide, plan_mismatch
 from runtime.errors import EngineError
 from runtime.manifest import DecoderSpec, load_manifest, save_manifest
 from runtime.trt_profiles import DECODE, PREFILL, check_shape, decoder_call, decoder_profiles
@@ -232,22 +232,22 @@ def test_auto_picks_tensorrt_when_plans_fit(planned, monkeypatch):
 
 
 def test_decide_without_plans_or_gpu():
-    assert decide("auto", False, "", "", "no plans here").name == "onnxruntime"
-    assert "no TensorRT plans" in decide("auto", False, "", "", "no plans here").reason
-    assert decide("auto", True, "", "no CUDA GPU", "").reason == "no CUDA GPU"
-    assert decide("onnxruntime", True, "", "", "").reason.startswith("requested")
+    assert decide("auto", "", "", "no plans here") == BackendChoice("onnxruntime", "no plans here")
+    assert decide("auto", "", "no CUDA GPU", "") == BackendChoice("onnxruntime", "no CUDA GPU")
+    assert decide("auto", "", "", "", "X") == BackendChoice("tensorrt", "plans built for X match this machine")
+    assert decide("onnxruntime", "", "", "").reason.startswith("requested")
     with pytest.raises(EngineError, match="--backend trt: tensorrt missing; or run on the CPU"):
-        decide("trt", True, "tensorrt missing", "", "")
+        decide("trt", "tensorrt missing", "", "")
     with pytest.raises(EngineError, match="--backend must be one of"):
-        decide("cuda", True, "", "", "")
+        decide("cuda", "", "", "")
 
 
 def test_cli_says_backend_once(tiny_engine):
     proc = run_cli("-m", "runtime.run", "--engine", str(tiny_engine), "--max-new-tokens", "4")
     assert proc.returncode == 0, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if l.startswith("backend: ")]
-    assert lines == [f"backend: onnxruntime (no TensorRT plans: {tiny_engine} has no TensorRT plans; build them on "
-                     f"the GPU with `python -m export.trt --engine {tiny_engine}`)"]
+    assert lines == [f"backend: onnxruntime ({tiny_engine} has no TensorRT plans; build them on the GPU with "
+                     f"`python -m export.trt --engine {tiny_engine}`)"]
 
 
 def test_cli_backend_trt_without_plans(tiny_engine):

@@ -405,7 +405,8 @@ class FakeBuilder:
         profiles = []
         for p in config.profiles:
             if set(p.shapes) != set(network.inputs):
-                raise AssertionError(f"stand-in: profile covers {sorted(p.shapes)}, inputs are {sorted(network.inputs)}")
+                raise AssertionError(f"stand-in: profile covers {sorted(p.shapes)}, inputs are "
+                                     f"{sorted(network.inputs)}")
             for name, (lo, opt, hi) in p.shapes.items():
                 fixed = network.inputs[name]
                 if len(lo) != len(fixed) or any(f != -1 and not lo[k] == opt[k] == hi[k] == f

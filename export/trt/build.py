@@ -131,7 +131,8 @@ def build_plans(engine_dir: Path, cfg: BuildConfig) -> Manifest:
         hashes = {f.path: f.sha256 for f in manifest.files}
         plans = {role: dataclasses.replace(p, onnx_sha256=hashes[p.onnx]) for role, p in plans.items()}
         spec = TrtSpec(tensorrt_version=version, gpu_name=info.name, compute_capability=info.compute_capability,
-                       max_seq_len=t, max_batch=cfg.max_batch, vision_max_batch=bv, workspace_mb=cfg.workspace_bytes >> 20,
+                       max_seq_len=t, max_batch=cfg.max_batch, vision_max_batch=bv,
+                       workspace_mb=cfg.workspace_bytes >> 20,
                        low_memory=cfg.low_memory, vision=plans["vision"], decoder=plans["decoder"])
     finally:
         cuda.close()
