@@ -2,6 +2,7 @@
 
     pip install -e .            runtime only: numpy, opencv, tokenizers, onnxruntime (no torch)
     pip install -e .[export]    + the PyTorch export pipeline and reference (torch pinned to the CPU build)
+    pip install -e .[trt]       + what building and running TensorRT plans needs besides TensorRT itself
     pip install -e .[test]      + test tools (with [export]: the parity tests need the reference)
 """
 
@@ -26,6 +27,12 @@ EXPORT = [
     "polygraphy>=0.49",  # graph folding checks, tensor-by-tensor drift (calib.drift)
     "onnx-graphsurgeon>=0.5",  # Polygraphy's constant folding
 ]
+TRT = [
+    # TensorRT itself comes from JetPack (python3-libnvinfer) or `pip install tensorrt` on a desktop GPU.
+    "cuda-python>=12.2,<13",  # device memory, pinned memory, CUDA graphs (runtime/cuda_mem.py); CUDA 12 drivers
+    "onnx>=1.17",  # the TensorRT lint before a build (export/trt_lint.py)
+    "polygraphy>=0.49",  # `python -m export.trt check`
+]
 TEST = ["pytest>=8", "hypothesis>=6.100"]
 
 setup(
@@ -38,7 +45,7 @@ setup(
     install_requires=RUNTIME,
     extras_require={
         "export": EXPORT,
-        "trt": [],  # TensorRT + a CUDA binding: installed from JetPack / NVIDIA's index (see README)
+        "trt": TRT,
         "test": TEST,
     },
 )

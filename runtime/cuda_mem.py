@@ -259,7 +259,11 @@ class _CudaPython(Cuda):
         self._check("cudaStreamBeginCapture", self.rt.cudaStreamBeginCapture(stream.obj, mode))
 
     def end_capture(self, stream: Stream) -> CudaGraph:
-        graph = self._check("cudaStreamEndCapture", self.rt.cudaStreamEndCapture(stream.obj))
+        try:
+            graph = self._check("cudaStreamEndCapture", self.rt.cudaStreamEndCapture(stream.obj))
+        except CudaError:
+            self.rt.cudaGetLastError()  # a failed capture leaves its error behind; later calls must not see it
+            raise
         try:
             exe = self._check("cudaGraphInstantiateWithFlags", self.rt.cudaGraphInstantiateWithFlags(graph, 0))
         finally:  # the executable graph keeps its own copy of the nodes

@@ -11,9 +11,13 @@ Memory, all allocated once at load (runtime.trt_profiles says the shapes):
 One decoder call: write the embeddings and positions into pinned memory, then on one stream
 copy them in, bind `past_*` to the cache's first row and `new_*` to row pos (no K/V byte
 crosses to the host, ever), enqueue, copy back only the logits, synchronize.  Single-token
-steps run on the "decode" profile's context; a step's shapes and addresses depend only on pos,
-so after the first visit to a position its whole step (copies in, engine, logits out) is
-captured in a CUDA graph and later visits replay it with one launch.
+steps run on the "decode" profile; a step's shapes and addresses depend only on pos, so the
+first visit to a position runs it on a context of its own (sharing the activation block) and
+then captures the whole step (copies in, engine, logits out) in a CUDA graph; later visits, in
+any request, replay it with one launch.  That context is never re-bound: TensorRT's rule is one
+execution context per captured graph.  Addresses are 256-byte aligned (TensorRT's rule); a
+0-row past tensor gets its own non-null address; a model whose cache row is not a multiple of
+256 bytes writes new K/V rows to a staging block and copies them into the cache on the device.
 
 Everything TensorRT-specific goes through runtime.trt_compat; memory through runtime.cuda_mem.
 """
@@ -31,10 +35,14 @@ from runtime import trt_compat
 from runtime.backend import check_graph_io
 from runtime.errors import EngineError
 from runtime.manifest import DecoderSpec, GraphSpec, Manifest, PlanSpec
-from runtime.trt_profiles import (DECODE, KV_CACHE, PREFILL, check_shape, decoder_buffers, decoder_call,
+from runtime.trt_profiles import (DECODE, KV_CACHE, PREFILL, check_shape, decoder_buffers, decoder_call, kv_offset,
                                   profile_max, vision_buffers)
 
 log = logging.getLogger(__name__)
+
+ALIGN = 256  # bytes: TensorRT's alignment for every I/O tensor address
+KV_STAGING = "kv_staging"  # new K/V rows when a cache row is not ALIGN-aligned (small models)
+MAX_GRAPHS = 256  # decode positions with a captured CUDA graph (each keeps an execution context: host memory)
 
 
 # ----------------------------------------------------------------------------- engines
@@ -50,7 +58,11 @@ def load_engine(trt, trt_runtime, path: Path, graph: GraphSpec, plan: PlanSpec):
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         kind = "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
-        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name
+        try:
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name
+        except TypeError:  # bf16, fp8, int4 I/O: none of our graphs has them
+            raise EngineError(f"{path}: I/O tensor '{name}' is {engine.get_tensor_dtype(name)}, which the runtime does "
+                              f"not feed; rebuild the plans from this folder's graphs") from None
         got[name] = (kind, dtype, [d if d >= 0 else "dynamic" for d in engine.get_tensor_shape(name)])
     want = [t.name for t in graph.inputs + graph.outputs]
     if sorted(got) != sorted(want):
@@ -82,9 +94,11 @@ class _Context:
         self.profile = profile
         self.context = trt_compat.user_managed_context(trt, engine)
         trt_compat.set_device_memory(self.context, scratch.ptr, scratch_bytes)
-        if not self.context.set_optimization_profile_async(profile_index, stream.handle):
+        try:  # TensorRT raises RuntimeError here instead of returning False
+            self.context.set_optimization_profile_async(profile_index, stream.handle)
+        except RuntimeError as e:
             raise EngineError(f"{plan_path}: TensorRT refused optimization profile {profile_index} "
-                              f"({profile.name}); rebuild the plans")
+                              f"({profile.name}): {e}; rebuild the plans") from None
 
     def set_shape(self, name: str, shape: tuple[int, ...]) -> None:
         check_shape(self.profile, name, shape, str(self.plan_path))
@@ -144,26 +158,41 @@ class TrtVision:
 class TrtDecoder:
     def __init__(self, trt, trt_runtime, cuda, stream, engine_dir: Path, graph: GraphSpec, plan: PlanSpec,
                  dec: DecoderSpec, max_seq_len: int | None = None, batch: int = 1, cuda_graphs: bool = True):
-        self.cuda, self.stream, self.dec, self.batch = cuda, stream, dec, batch
-        path = engine_dir / plan.file
-        self.engine = load_engine(trt, trt_runtime, path, graph, plan)
+        self.trt, self.cuda, self.stream, self.dec, self.batch = trt, cuda, stream, dec, batch
+        self.path, self.plan = engine_dir / plan.file, plan
+        self.engine = load_engine(trt, trt_runtime, self.path, graph, plan)
         built = profile_max(plan.profiles, io.INPUTS_EMBEDS, 1)
         self.max_seq_len = min(max_seq_len or built, built)
-        check_shape(plan.profiles[PREFILL], io.INPUTS_EMBEDS, (batch, 1, dec.dim), str(path))
-        # both contexts run on one activation block: they never run at the same time
-        scratch_bytes = trt_compat.device_memory_size(self.engine)
-        self.scratch = cuda.malloc(scratch_bytes)
-        self.contexts = [_Context(trt, self.engine, path, i, plan.profiles[i], self.scratch, scratch_bytes, stream)
-                         for i in (PREFILL, DECODE)]
+        check_shape(plan.profiles[PREFILL], io.INPUTS_EMBEDS, (batch, 1, dec.dim), str(self.path))
+        self.itemsize = np.dtype(graph.input(io.past_key(0)).dtype).itemsize
+        self.row_bytes = batch * dec.n_kv_heads * dec.head_dim * self.itemsize  # one cache row [B, Hkv, hd]
+        # TensorRT wants 256-byte aligned addresses: when a row is not a multiple of that, new K/V rows
+        # go to the start of a staging block and are copied to row pos on the device
+        self.staged = self.row_bytes % ALIGN != 0
+        if (self.max_seq_len * self.row_bytes) % ALIGN:
+            raise EngineError(f"{self.path}: a KV block of {self.max_seq_len} rows x {self.row_bytes} bytes is not "
+                              f"{ALIGN}-byte aligned; use an even --max-seq-len")
+        # every context of this engine runs on one activation block: they never run at the same time
+        self.scratch_bytes = trt_compat.device_memory_size(self.engine)
+        self.scratch = cuda.malloc(self.scratch_bytes)
+        self.contexts = [self._context(i) for i in (PREFILL, DECODE)]
         bufs = decoder_buffers(graph, dec, self.max_seq_len, batch)
         self.dev = {b.name: cuda.malloc(b.nbytes) for b in bufs}
+        if self.staged:
+            self.dev[KV_STAGING] = cuda.malloc(self.dev[KV_CACHE].nbytes)
+        self.empty = cuda.malloc(ALIGN * 2 * dec.n_layers)  # distinct non-null addresses for 0-row past tensors
         self.host = {b.name: cuda.pinned(b.shape, b.dtype) for b in bufs if b.name != KV_CACHE}
-        self.itemsize = np.dtype(graph.input(io.past_key(0)).dtype).itemsize
         self.logits = self.host[io.LOGITS]  # [B, V] f32, pinned; returned to the loop and reused
         cuda.memset(self.dev[KV_CACHE].ptr, 0, self.dev[KV_CACHE].nbytes, stream)
         cuda.synchronize(stream)
         self.use_graphs = cuda_graphs and cuda.supports_graphs
-        self.graphs: dict[int, object] = {}  # pos -> captured decode step
+        # pos -> (its own decode context, the captured step): a graph is only valid while the context
+        # it was captured from keeps its shapes and addresses, so each position gets one and keeps it
+        self.graphs: dict[int, tuple[_Context, object]] = {}
+
+    def _context(self, profile: int) -> _Context:
+        return _Context(self.trt, self.engine, self.path, profile, self.plan.profiles[profile], self.scratch,
+                        self.scratch_bytes, self.stream)
 
     def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray:
         b, s, d = inputs_embeds.shape
@@ -174,46 +203,71 @@ class TrtDecoder:
         positions = self.host[io.POSITION_IDS].reshape(-1)[:b * s]  # [B*S] of [B, T]
         positions[:] = np.tile(np.arange(pos, pos + s, dtype=positions.dtype), b)
 
-        graph = self.graphs.get(pos) if s == 1 else None
-        if graph is not None:
-            graph.launch(self.stream)  # copies in, engine, logits out: recorded at this pos's first visit
+        captured = self.graphs.get(pos) if s == 1 else None
+        fresh = None
+        if captured is not None:
+            captured[1].launch(self.stream)  # copies in, engine, logits out, recorded at this pos's first visit
         else:
             context = self.contexts[call.profile]
-            self._bind(context, call)
-            self._step(context, embeds, positions)
+            if s == 1 and self.use_graphs and len(self.graphs) < MAX_GRAPHS:
+                fresh = self._capture_context(pos)
+                context = fresh or context
+            self._bind(context, call, pos)
+            self._step(context, s, pos, embeds, positions)
         self.cuda.synchronize(self.stream)
-        if graph is None and s == 1 and self.use_graphs:
-            self._capture(self.contexts[DECODE], pos, embeds, positions)
+        if fresh is not None:
+            self._capture(fresh, s, pos, embeds, positions)
         return self.logits  # [B, V]
 
-    def _bind(self, context: _Context, call) -> None:
+    def _bind(self, context: _Context, call, pos: int) -> None:
         for name, shape in call.shapes.items():
             context.set_shape(name, shape)
         for name in (io.INPUTS_EMBEDS, io.POSITION_IDS, io.LOGITS):
             context.set_address(name, self.dev[name].ptr)
-        cache = self.dev[KV_CACHE].ptr
-        for name, offset in call.offsets.items():
-            context.set_address(name, cache + offset)
+        cache, k = self.dev[KV_CACHE].ptr, 0
+        for i in range(self.dec.n_layers):
+            for kv, (past, new) in enumerate(((io.past_key(i), io.new_key(i)), (io.past_value(i), io.new_value(i)))):
+                context.set_address(past, self.empty.ptr + ALIGN * k if pos == 0 else cache + call.offsets[past])
+                context.set_address(new, self._staging(i, kv) if self.staged else cache + call.offsets[new])
+                k += 1
 
-    def _step(self, context: _Context, embeds: np.ndarray, positions: np.ndarray) -> None:
+    def _staging(self, layer: int, kv: int) -> int:
+        return self.dev[KV_STAGING].ptr + kv_offset(self.dec, self.max_seq_len, self.batch, self.itemsize, layer, kv, 0)
+
+    def _step(self, context: _Context, s: int, pos: int, embeds: np.ndarray, positions: np.ndarray) -> None:
         self.cuda.h2d(self.dev[io.INPUTS_EMBEDS].ptr, embeds, self.stream)
         self.cuda.h2d(self.dev[io.POSITION_IDS].ptr, positions, self.stream)
         context.execute(self.stream)
+        if self.staged:  # new rows -> cache rows pos..pos+s-1, device to device
+            cache = self.dev[KV_CACHE].ptr
+            for i in range(self.dec.n_layers):
+                for kv in (0, 1):
+                    dst = cache + kv_offset(self.dec, self.max_seq_len, self.batch, self.itemsize, i, kv, pos)
+                    self.cuda.d2d(dst, self._staging(i, kv), s * self.row_bytes, self.stream)
         self.cuda.d2h(self.logits, self.dev[io.LOGITS].ptr, self.stream)  # only the logits come back
 
-    def _capture(self, context: _Context, pos: int, embeds: np.ndarray, positions: np.ndarray) -> None:
-        """Record this position's step (already run once, as TensorRT asks before a capture)."""
+    def _capture_context(self, pos: int) -> _Context | None:
+        try:
+            return self._context(DECODE)
+        except EngineError as e:
+            log.warning("no execution context for a CUDA graph at position %d (%s); decoding without CUDA graphs",
+                        pos, e)
+            self.use_graphs = False
+            return None
+
+    def _capture(self, context: _Context, s: int, pos: int, embeds: np.ndarray, positions: np.ndarray) -> None:
+        """Record this position's step on its own context (which has just run it once, as TensorRT asks)."""
         try:
             self.cuda.begin_capture(self.stream)
             try:
-                self._step(context, embeds, positions)
+                self._step(context, s, pos, embeds, positions)
             finally:
                 graph = self.cuda.end_capture(self.stream)
         except EngineError as e:
             log.warning("CUDA graph capture failed at position %d (%s); decoding without CUDA graphs", pos, e)
             self.use_graphs = False
             return
-        self.graphs[pos] = graph
+        self.graphs[pos] = (context, graph)
 
 
 # ----------------------------------------------------------------------------- the pair

@@ -46,3 +46,18 @@ def test_runtime_sources_never_import_torch_or_export():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("torch", "export", "transformers")]
     assert bad == []
+
+
+def test_tensorrt_tools_run_without_torch(tiny_engine):
+    """`python -m export.trt` (build and check) is for the Jetson, where PyTorch is not installed."""
+    for sub in ([], ["check"]):
+        script = BLOCKER + f"""
+import sys
+from export.trt.__main__ import main
+rc = main({sub!r} + ["--engine", {str(tiny_engine)!r}])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print(rc, loaded)
+"""
+        proc = run_cli("-c", script.replace('"export", ', ""))
+        assert proc.stdout.strip() == "2 []", (proc.stdout, proc.stderr)  # stops at a clear error, torch-free
+        assert "no TensorRT plans" in proc.stderr or "tensorrt" in proc.stderr, proc.stderr

@@ -60,6 +60,26 @@ def planned_dynamic(tiny_dynamic_engine, tmp_path_factory):
     return dst
 
 
+@pytest.fixture(scope="module")
+def planned_aligned(tmp_path_factory):
+    """A tiny variant whose cache rows are 256 bytes (2 KV heads x 32 x f32): new K/V written in place.
+
+    The tiny presets' 128-byte rows take the staging path instead (TensorRT wants 256-byte aligned
+    addresses), so between them both ways of writing the cache run.
+    """
+    from export.build import WeightSource, export_engine
+    from export.presets import get_preset
+
+    tiny = get_preset("tiny")
+    preset = dataclasses.replace(tiny, decoder=dataclasses.replace(tiny.decoder, n_heads=2, head_dim=32))
+    dst = tmp_path_factory.mktemp("trt") / "aligned"
+    export_engine(preset, WeightSource(seed=0), dst)
+    with pytest.MonkeyPatch.context() as mp:
+        trt_standin.install(mp)
+        build(dst)
+    return dst
+
+
 def greedy(engine_dir, backend, image, **load):
     with FlashVL.load(engine_dir, backend=backend, **load) as vl:
         return vl.generate(None if image is None else str(image), PROMPT, max_new_tokens=24).token_ids
@@ -148,6 +168,15 @@ def test_greedy_equals_onnxruntime(planned, monkeypatch, image):
     assert greedy(planned, "trt", image) == ort_ids
 
 
+@pytest.mark.parametrize("image", IMAGES, ids=["shapes", "text"])
+def test_in_place_cache_writes_equal_onnxruntime(planned_aligned, monkeypatch, image):
+    ort_ids = greedy(planned_aligned, "onnxruntime", image)
+    trt_standin.install(monkeypatch)
+    with FlashVL.load(planned_aligned, backend="trt") as vl:
+        assert not vl.decoder.staged
+        assert vl.generate(None if image is None else str(image), PROMPT, max_new_tokens=24).token_ids == ort_ids
+
+
 def test_dynamic_tiles_in_chunks_equal_onnxruntime(planned_dynamic, monkeypatch, test_images):
     ort_ids = greedy(planned_dynamic, "onnxruntime", test_images["panorama"])
     _, dev = trt_standin.install(monkeypatch)
@@ -181,6 +210,12 @@ def test_decode_steps_replay_cuda_graphs(planned, monkeypatch):
     assert first == second == ort_ids
     _, dev = trt_standin.install(monkeypatch)
     assert greedy(planned, "trt", IMAGES[0], cuda_graphs=False) == ort_ids and dev.launches == 0
+
+
+def test_misaligned_cache_blocks_refused(planned, monkeypatch):
+    trt_standin.install(monkeypatch)
+    with pytest.raises(EngineError, match="not 256-byte aligned; use an even --max-seq-len"):
+        FlashVL.load(planned, backend="trt", max_seq_len=101)  # 101 rows x 128 bytes
 
 
 def test_engine_io_checked_against_manifest(planned, tmp_path, monkeypatch):

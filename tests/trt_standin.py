@@ -105,10 +105,12 @@ class HostCuda:
     def malloc(self, nbytes: int):
         if nbytes > self.dev.info.total_bytes:
             raise CudaError(f"cudaMalloc failed: cudaErrorMemoryAllocation (out of memory) for {nbytes} bytes")
-        arr = np.zeros(max(nbytes, 1), np.uint8)
+        raw = np.zeros(max(nbytes, 1) + 256, np.uint8)
+        skip = -raw.ctypes.data % 256
+        arr = raw[skip:skip + max(nbytes, 1)]  # 256-byte aligned, as cudaMalloc's
         self.dev.register(arr)
         self.dev.allocated += arr.nbytes
-        self.mine.append(arr)
+        self.mine.append(raw)
         return SimpleNamespace(ptr=arr.ctypes.data, nbytes=nbytes, free=lambda: None)
 
     def pinned(self, shape, dtype) -> np.ndarray:
@@ -239,9 +241,10 @@ class FakeContext:
     def __init__(self, engine: FakeEngine, strategy):
         self.engine, self.strategy = engine, strategy
         self.memory = None
-        self.profile = None
+        self.profile = 0  # TensorRT selects profile 0 by default
         self.shapes: dict[str, tuple] = {}
         self.addresses: dict[str, int] = {}
+        self.generation = 0  # bumped by every change: a graph captured before a change is invalid after it
 
     def set_device_memory(self, ptr, nbytes):
         assert nbytes >= self.engine.device_memory_size_v2
@@ -250,23 +253,27 @@ class FakeContext:
 
     def set_optimization_profile_async(self, index, stream_handle):
         if not 0 <= index < len(self.engine.profiles):
-            return False
+            raise RuntimeError("Error in set optimization profile async.")  # what the real binding does
         self.profile = index
+        self.shapes = {}  # switching profile resets the input shapes
+        self.generation += 1
         return True
 
     def set_input_shape(self, name, shape):
-        if self.profile is None or self.engine.io.get(name, (None,))[0] != TensorIOMode.INPUT:
+        if self.engine.io.get(name, (None,))[0] != TensorIOMode.INPUT:
             return False
         lo, _, hi = self.engine.profiles[self.profile][name]
         if len(shape) != len(lo) or any(not a <= d <= b for a, d, b in zip(lo, shape, hi)):
             return False
         self.shapes[name] = tuple(int(d) for d in shape)
+        self.generation += 1
         return True
 
     def set_tensor_address(self, name, ptr):
         if name not in self.engine.io:
             return False
         self.addresses[name] = int(ptr)
+        self.generation += 1
         return True
 
     def execute_async_v3(self, stream_handle):
@@ -276,8 +283,15 @@ class FakeContext:
                 self.profile is None or any(n not in self.shapes for n in inputs) or \
                 any(n not in self.addresses for n in e.io):
             return False
-        shapes, addresses = dict(self.shapes), dict(self.addresses)  # what a CUDA graph would bake in
-        e.fake.dev.submit(stream_handle, lambda: self._run(shapes, addresses))
+        addresses = list(self.addresses.values())
+        assert all(a and a % 256 == 0 for a in addresses), "stand-in: addresses must be non-null, 256-byte aligned"
+        assert len(set(addresses)) == len(addresses), "stand-in: two I/O tensors share an address"
+        shapes, bound, generation = dict(self.shapes), dict(self.addresses), self.generation
+
+        def op():  # what a CUDA graph bakes in: these shapes and addresses, valid while the context is unchanged
+            assert self.generation == generation, "stand-in: graph replayed after its context was re-bound"
+            self._run(shapes, bound)
+        e.fake.dev.submit(stream_handle, op)
         return True
 
     def _run(self, shapes, addresses):
@@ -344,6 +358,8 @@ class FakeProfile:
         self.shapes: dict[str, tuple] = {}
 
     def set_shape(self, name, lo, opt, hi):
+        if not len(lo) == len(opt) == len(hi) or any(not 0 <= a <= b <= c for a, b, c in zip(lo, opt, hi)):
+            raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
         self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
 
 

@@ -168,7 +168,11 @@ def build_one(trt, builder, logger, cuda, engine_dir: Path, role: str, graph: Gr
     for p in profiles:
         profile = builder.create_optimization_profile()
         for s in p.shapes:
-            profile.set_shape(s.tensor, s.min, s.opt, s.max)
+            try:  # TensorRT raises RuntimeError for inconsistent shapes
+                profile.set_shape(s.tensor, s.min, s.opt, s.max)
+            except RuntimeError as e:
+                raise EngineError(f"{onnx_path}: TensorRT refused the {p.name!r} profile of '{s.tensor}' "
+                                  f"{s.min}..{s.max}: {e}") from None
         if config.add_optimization_profile(profile) < 0:
             raise EngineError(f"{onnx_path}: TensorRT refused the {p.name!r} optimization profile {p.shapes}")
 
