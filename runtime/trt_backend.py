@@ -291,10 +291,12 @@ class TrtEngines:
                                   manifest.decoder, max_seq_len, cuda_graphs=cuda_graphs)
 
     def close(self) -> None:
-        """Drop TensorRT objects before the memory they point into."""
-        for part in ("decoder", "vision"):
-            engine = self.__dict__.pop(part, None)
-            if engine is not None:
-                engine.__dict__.clear()
-        self._runtime = None
+        """Drop TensorRT objects (contexts before their engine) before the memory they point into."""
+        if self.decoder is not None:
+            self.decoder.graphs.clear()
+            self.decoder.contexts.clear()
+            self.decoder.engine = None
+        if self.vision is not None:
+            self.vision.context = self.vision.engine = None
+        self.decoder = self.vision = self._runtime = None
         self.cuda.close()

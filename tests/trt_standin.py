@@ -122,31 +122,24 @@ class HostCuda:
     def new_stream(self):
         return SimpleNamespace(handle=next(self._handles))
 
-    def h2d(self, dst_ptr: int, src: np.ndarray, stream) -> None:
-        assert src.flags.c_contiguous
-        n, src_ptr = src.nbytes, src.ctypes.data
-
+    def _copy(self, dst_ptr: int, src_ptr: int, n: int, stream, counter: str | None) -> None:
         def op():
             self.dev.check(src_ptr, n), self.dev.check(dst_ptr, n)
             ctypes.memmove(dst_ptr, src_ptr, n)
-            self.dev.h2d_bytes += n
+            if counter:
+                setattr(self.dev, counter, getattr(self.dev, counter) + n)
         self.dev.submit(stream.handle, op)
+
+    def h2d(self, dst_ptr: int, src: np.ndarray, stream) -> None:
+        assert src.flags.c_contiguous
+        self._copy(dst_ptr, src.ctypes.data, src.nbytes, stream, "h2d_bytes")
 
     def d2h(self, dst: np.ndarray, src_ptr: int, stream) -> None:
         assert dst.flags.c_contiguous
-        n, dst_ptr = dst.nbytes, dst.ctypes.data
-
-        def op():
-            self.dev.check(src_ptr, n), self.dev.check(dst_ptr, n)
-            ctypes.memmove(dst_ptr, src_ptr, n)
-            self.dev.d2h_bytes += n
-        self.dev.submit(stream.handle, op)
+        self._copy(dst.ctypes.data, src_ptr, dst.nbytes, stream, "d2h_bytes")
 
     def d2d(self, dst_ptr: int, src_ptr: int, nbytes: int, stream) -> None:
-        def op():
-            self.dev.check(src_ptr, nbytes), self.dev.check(dst_ptr, nbytes)
-            ctypes.memmove(dst_ptr, src_ptr, nbytes)
-        self.dev.submit(stream.handle, op)
+        self._copy(dst_ptr, src_ptr, nbytes, stream, None)
 
     def memset(self, dst_ptr: int, value: int, nbytes: int, stream) -> None:
         def op():
