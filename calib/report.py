@@ -128,7 +128,9 @@ def compare(engine: Path, against: Path, images: Path, max_images: int | None, n
     g = vl.manifest.graphs
     return Report(engine=str(engine), against=str(against),
                   precision={"vision": f"{g.vision.precision} ({g.vision.flavour})",
-                             "decoder": f"{g.decoder.precision} ({g.decoder.flavour})"},
+                             "decoder": f"{g.decoder.precision} ({g.decoder.flavour}"
+                                        + (", fp16 activations)" if g.decoder.weights and
+                                           g.decoder.weights.compute == "fp16" else ")")},
                   images=report.used, prompts=len(prompts), vision_cos_mean=float(c.mean()),
                   vision_cos_min=float(c.min()), top1_agreement=float(np.mean(tf_top1)), kl_mean=float(np.mean(kls)),
                   kl_max=float(np.max(kls)), positions=len(kls), exact_match=float(np.mean(matches)),

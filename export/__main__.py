@@ -11,6 +11,8 @@ Precision (per graph, recorded in the manifest): --precision fp32|fp16|int8|int4
 the project's own set in calib/images).  int8/int4 decoder weights are symmetric, per channel
 (int8) or in blocks of 32 (int4), as standard QDQ ONNX (TensorRT and ONNX Runtime) or, with
 --flavour onnxruntime, as ONNX Runtime's MatMulNBits (fastest on the CPU, ONNX Runtime only).
+--compute fp16 quantizes an fp16 decoder instead (W8A16 / W4A16: fp16 activations and KV cache),
+the form TensorRT's weight-only GEMMs run fastest on a Jetson.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ def main(argv=None) -> int:
                    help="int8/int4 decoder weights: standard QDQ ONNX (default) or ONNX Runtime's MatMulNBits")
     q.add_argument("--block-size", type=int, help="weights per scale along the input (0: per channel)")
     q.add_argument("--quantize-lm-head", action="store_true", help="quantize the logits projection too")
+    q.add_argument("--compute", choices=("fp32", "fp16"), default="fp32",
+                   help="int8/int4 decoder: activations, KV cache and dequantized weights in fp32 (default) or "
+                        "fp16 (W8A16/W4A16: what TensorRT's weight-only GEMMs run fastest, e.g. on Jetson)")
     q.add_argument("--calib-images", type=Path, default=DEFAULT_IMAGES, help="folder, image or video")
     q.add_argument("--calib-max", type=int, help="use at most this many calibration images (or video frames)")
     q.add_argument("--calib-method", choices=METHODS, default="percentile")
@@ -66,7 +71,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     try:
         plan = plan_from_args(args.precision, args.vision_precision, args.decoder_precision, flavour=args.flavour,
-                              block_size=args.block_size, lm_head=args.quantize_lm_head,
+                              block_size=args.block_size, lm_head=args.quantize_lm_head, compute=args.compute,
                               calib=CalibConfig(args.calib_images, args.calib_max, args.calib_method))
         if plan.vision == "int8":
             count_images(args.calib_images, args.calib_max)  # a bad --calib-images fails now, not after the export

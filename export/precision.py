@@ -152,7 +152,8 @@ def lm_head_to_matmul(proto: onnx.ModelProto) -> str | None:
 
 def weight_matmuls(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
     """MatMul nodes whose second input is a 2-D float initializer: the linear layers."""
-    shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    shapes = {t.name: tuple(t.dims) for t in proto.graph.initializer if t.data_type in floats}
     return [n for n in proto.graph.node if n.op_type == "MatMul" and len(shapes.get(n.input[1], ())) == 2]
 
 
@@ -174,8 +175,9 @@ def quantize_weights_qdq(proto: onnx.ModelProto, bits: int, block_size: int, ski
         if node.name in skip:
             continue
         w_name = node.input[1]
-        w = numpy_helper.to_array(inits[w_name])  # [K, N] f32
-        q, scale = quantize_symmetric(w, bits, block_size)
+        w = numpy_helper.to_array(inits[w_name])  # [K, N] f32, or f16 in an fp16 graph
+        q, scale = quantize_symmetric(w.astype(np.float32), bits, block_size)
+        scale = scale.astype(w.dtype)  # DequantizeLinear outputs the scale's type: the MatMul's
         scope = node.name.rsplit("/", 1)[0]
         q_name, s_name, out = f"{w_name}_q{bits}", f"{w_name}_scale", f"{w_name}_dq"
         proto.graph.initializer.append(numpy_helper.from_array(q.astype(qtype), q_name))
@@ -208,7 +210,8 @@ def quantize_weights_nbits(proto: onnx.ModelProto, bits: int, block_size: int, s
     return sum(1 for n in proto.graph.node if n.op_type == "MatMulNBits")
 
 
-def quantize_decoder(proto: onnx.ModelProto, bits: int, block_size: int, fmt: str, lm_head: bool) -> WeightQuant:
+def quantize_decoder(proto: onnx.ModelProto, bits: int, block_size: int, fmt: str, lm_head: bool,
+                     compute: str = "fp32") -> WeightQuant:
     """Weight-only quantization of every linear layer of the decoder graph (in place)."""
     head = lm_head_to_matmul(proto) if lm_head else None
     skip = set() if lm_head else {n.name for n in proto.graph.node if n.op_type == "Gemm"}
@@ -218,7 +221,7 @@ def quantize_decoder(proto: onnx.ModelProto, bits: int, block_size: int, fmt: st
         count = quantize_weights_nbits(proto, bits, block_size, skip)
     if lm_head:
         assert head is not None, "no tied lm_head Gemm found in the decoder graph"
-    return WeightQuant(bits=bits, block_size=block_size, format=fmt, lm_head=lm_head, layers=count)
+    return WeightQuant(bits=bits, block_size=block_size, format=fmt, lm_head=lm_head, layers=count, compute=compute)
 
 
 # ----------------------------------------------------------------------------- the user's choice
@@ -234,6 +237,7 @@ class PrecisionPlan:
     block_size: int | None = None  # None: int4 -> 32; int8 -> per channel (standard) or 32 (onnxruntime)
     lm_head: bool = False  # quantize the logits projection too
     calib: CalibConfig = field(default_factory=CalibConfig)
+    compute: str = "fp32"  # int8/int4 decoder: fp32 activations, or fp16 (W8A16 / W4A16, for TensorRT)
 
     def __post_init__(self):
         if self.vision not in VISION_PRECISIONS:
@@ -247,6 +251,12 @@ class PrecisionPlan:
         if self.flavour == "onnxruntime" and not quantized:
             raise FlashVLError(f"--flavour onnxruntime is the MatMulNBits format of an int8/int4 decoder; "
                                f"a {self.decoder} decoder is standard ONNX: drop --flavour or use --precision int4")
+        if self.compute not in ("fp32", "fp16"):
+            raise FlashVLError(f"--compute must be fp32 or fp16, got {self.compute!r}")
+        if self.compute == "fp16" and (not quantized or self.flavour != "standard"):
+            raise FlashVLError(f"--compute fp16 puts the activations of an int8/int4 standard-flavour decoder in "
+                               f"fp16 (W8A16/W4A16); this plan has a {self.decoder} {self.flavour} decoder: use "
+                               f"--decoder-precision int4 (or int8) without --flavour onnxruntime")
         if self.lm_head and not quantized:
             raise FlashVLError("--quantize-lm-head needs an int8/int4 decoder (--decoder-precision int8 or int4)")
         b = self.block_size
@@ -269,7 +279,7 @@ class PrecisionPlan:
         d = self.decoder
         if d in ("int8", "int4"):
             d += f" ({self.flavour}, {'per channel' if self.weight_block == 0 else f'block {self.weight_block}'}" + (
-                ", lm_head too)" if self.lm_head else ")")
+                ", lm_head too" if self.lm_head else "") + (", fp16 activations)" if self.compute == "fp16" else ")")
         return f"vision {self.vision}, decoder {d}"
 
 
@@ -282,13 +292,13 @@ def plan_from_args(precision: str | None, vision: str | None, decoder: str | Non
 def reduce_decoder(path: Path, plan: PrecisionPlan, n_layers: int) -> GraphSpec:
     """Rewrite decoder.onnx (fp32) at the plan's precision; return its manifest entry."""
     proto = load(path)
-    if plan.decoder == "fp16":
-        kv = tuple(f(i) for i in range(n_layers) for f in (io.past_key, io.past_value, io.new_key, io.new_value))
-        proto = to_fp16(proto, "decoder", fp16_io=kv)
-        weights = None
-    else:
+    kv = tuple(f(i) for i in range(n_layers) for f in (io.past_key, io.past_value, io.new_key, io.new_value))
+    if plan.decoder == "fp16" or plan.compute == "fp16":
+        proto = to_fp16(proto, "decoder", fp16_io=kv)  # W8A16 / W4A16: quantize the fp16 graph's weights
+    weights = None
+    if plan.decoder in ("int8", "int4"):
         fmt = "qdq" if plan.flavour == "standard" else "matmul_nbits"
-        weights = quantize_decoder(proto, int(plan.decoder[3:]), plan.weight_block, fmt, plan.lm_head)
+        weights = quantize_decoder(proto, int(plan.decoder[3:]), plan.weight_block, fmt, plan.lm_head, plan.compute)
     save(proto, path)
     return graph_spec(path, precision=plan.decoder, flavour=plan.flavour if weights else "standard", weights=weights)
 

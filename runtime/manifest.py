@@ -227,10 +227,14 @@ class WeightQuant:
     format: str  # "qdq": DequantizeLinear -> MatMul (standard ONNX) | "matmul_nbits": com.microsoft.MatMulNBits
     lm_head: bool  # the logits projection is quantized too (else it stays in the graph's float type)
     layers: int  # how many weight matrices are quantized (a check that the pass found them all)
+    # The float type the weights dequantize to, and so of the activations and the KV cache:
+    # "fp32", or "fp16" (W8A16 / W4A16: what TensorRT's weight-only GEMMs run fastest).
+    compute: str = "fp32"
 
     def __post_init__(self):
         _one_of("weights.bits", self.bits, (8, 4))
         _one_of("weights.format", self.format, ("qdq", "matmul_nbits"))
+        _one_of("weights.compute", self.compute, ("fp32",) if self.format == "matmul_nbits" else ("fp32", "fp16"))
         if self.block_size < 0 or (self.block_size and self.block_size & (self.block_size - 1)):
             raise EngineError(f"weights.block_size must be 0 (per channel) or a power of two, got {self.block_size}")
 

@@ -96,3 +96,31 @@ def test_images(tmp_path_factory) -> dict[str, Path]:
     out["dot"] = d / "dot.png"
     cv2.imwrite(str(out["dot"]), np.array([[[10, 200, 30]]], np.uint8))
     return out
+
+
+# Every reduced precision, exported once per session from the same seeded weights as `tiny_engine`
+# (tests/test_precision.py measures them; tests/test_trt_backend.py runs them through TensorRT's stand-in).
+PRECISION_PLANS = {
+    "fp16": dict(precision="fp16"),
+    "int8": dict(precision="int8"),
+    "int4": dict(precision="int4"),
+    "int4-ort": dict(precision="int4", flavour="onnxruntime", lm_head=True),
+    "int4-fp16": dict(precision="int4", compute="fp16"),  # W4A16, the Jetson form
+}
+
+
+@pytest.fixture(scope="session")
+def precision_engines(tmp_path_factory) -> dict[str, Path]:
+    from calib.calibrate import DEFAULT_IMAGES, CalibConfig
+    from export.build import WeightSource, export_engine
+    from export.precision import plan_from_args
+    from export.presets import get_preset
+
+    root = tmp_path_factory.mktemp("precision")
+    out = {}
+    for name, kw in PRECISION_PLANS.items():
+        out[name] = root / name
+        rest = {k: v for k, v in kw.items() if k != "precision"}
+        plan = plan_from_args(kw["precision"], None, None, calib=CalibConfig(DEFAULT_IMAGES, 12, "percentile"), **rest)
+        export_engine(get_preset("tiny"), WeightSource(seed=0), out[name], plan)
+    return out

@@ -30,39 +30,14 @@ from hypothesis.extra.numpy import arrays
 
 from calib.calibrate import DEFAULT_IMAGES, CalibConfig
 from calib.report import compare
-from export.precision import PrecisionPlan, dequantize, plan_from_args, quantize_symmetric
+from export.precision import dequantize, plan_from_args, quantize_symmetric
 from export.trt_lint import lint_file
 from runtime import FlashVL
 from runtime.backend import Capabilities, check_supported
 from runtime.errors import EngineError, FlashVLError
 from runtime.manifest import PRECISIONS, load_manifest
+from tests.conftest import PRECISION_PLANS as PLANS
 from tests.conftest import assert_one_line_error, run_cli
-
-PLANS = {
-    "fp16": dict(precision="fp16"),
-    "int8": dict(precision="int8"),
-    "int4": dict(precision="int4"),
-    "int4-ort": dict(precision="int4", flavour="onnxruntime", lm_head=True),
-}
-
-
-def _plan(precision, flavour="standard", lm_head=False) -> PrecisionPlan:
-    return plan_from_args(precision, None, None, flavour=flavour, lm_head=lm_head,
-                          calib=CalibConfig(DEFAULT_IMAGES, 12, "percentile"))
-
-
-@pytest.fixture(scope="session")
-def precision_engines(tmp_path_factory) -> dict[str, Path]:
-    from export.build import WeightSource, export_engine
-    from export.presets import get_preset
-
-    root = tmp_path_factory.mktemp("precision")
-    out = {}
-    for name, kw in PLANS.items():
-        out[name] = root / name
-        export_engine(get_preset("tiny"), WeightSource(seed=0), out[name], _plan(**kw))
-    return out
-
 
 @pytest.fixture(scope="session")
 def drift(precision_engines, tiny_engine):
@@ -91,6 +66,26 @@ def test_manifest_records_each_graph(precision_engines):
     listed = {f.path for f in m["int8"].files}
     assert {"vision.int8.onnx", "vision.int8.onnx.data", "calibration.json", "calibration.cache",
             "vision.onnx"} <= listed
+
+
+def test_w4a16_quantizes_the_fp16_graph(precision_engines):
+    """--compute fp16: int4 weights dequantize to fp16 (fp16 scales), fp16 KV cache, fp32 logits."""
+    d = load_manifest(precision_engines["int4-fp16"]).graphs.decoder
+    assert (d.precision, d.weights.compute, d.weights.lm_head) == ("int4", "fp16", False)
+    assert d.input("past_key.0").dtype == "float16" and d.output("logits").dtype == "float32"
+    proto = onnx.load(str(precision_engines["int4-fp16"] / "decoder.onnx"), load_external_data=False)
+    inits = {t.name: t for t in proto.graph.initializer}
+    dqs = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dqs) == d.weights.layers
+    assert {(inits[n.input[0]].data_type, inits[n.input[1]].data_type) for n in dqs} == {
+        (onnx.TensorProto.INT4, onnx.TensorProto.FLOAT16)}
+    assert load_manifest(precision_engines["int4"]).graphs.decoder.weights.compute == "fp32"
+
+
+def test_w4a16_stays_close_to_w4a32(precision_engines):
+    """fp16 activations on top of the same int4 weights move the logits little."""
+    r = compare(precision_engines["int4-fp16"], precision_engines["int4"], DEFAULT_IMAGES, 6, 2, 8, None)
+    assert r.top1_agreement >= 0.9 and r.kl_mean <= 0.05, r
 
 
 def test_fp16_keeps_statistics_and_logits_in_fp32(precision_engines):
@@ -136,7 +131,7 @@ def test_quantize_symmetric_round_trip(w, bits_block):
 
 def test_every_standard_graph_passes_the_tensorrt_lint(precision_engines, tiny_engine):
     files = [tiny_engine / "vision.onnx", tiny_engine / "decoder.onnx"]
-    for name in ("fp16", "int8", "int4"):
+    for name in ("fp16", "int8", "int4", "int4-fp16"):
         m = load_manifest(precision_engines[name])
         files += [precision_engines[name] / m.graphs.vision.file, precision_engines[name] / m.graphs.decoder.file]
     for f in files:
@@ -183,7 +178,7 @@ def test_int8_agrees(drift):
     assert r.kl_mean <= 0.02, r
 
 
-@pytest.mark.parametrize("name", ["int4", "int4-ort"])
+@pytest.mark.parametrize("name", ["int4", "int4-ort", "int4-fp16"])
 def test_int4_is_far_above_chance(drift, name):
     r = drift[name]
     assert r.top1_agreement >= 0.2 and r.kl_mean <= 1.0, r
@@ -248,6 +243,8 @@ def test_calibration_bad_inputs(precision_engines, tmp_path):
     (["--precision", "int8", "--block-size", "32"], ["per channel", "--block-size 0"]),
     (["--precision", "int4", "--block-size", "24"], ["power of two"]),
     (["--quantize-lm-head"], ["--quantize-lm-head needs"]),
+    (["--precision", "fp16", "--compute", "fp16"], ["--compute fp16", "fp16 standard decoder"]),
+    (["--precision", "int4", "--flavour", "onnxruntime", "--compute", "fp16"], ["--compute fp16", "onnxruntime"]),
 ])
 def test_export_refuses_impossible_precision(tmp_path, args, needles):
     p = run_cli("-m", "export", "--preset", "tiny", "--random-weights", "--out", str(tmp_path / "x"), *args)
@@ -283,7 +280,8 @@ def test_report_cli_and_mismatched_models(precision_engines, tiny_engine, tiny_d
 
 
 def test_plan_precedence():
-    assert (_plan("int4").vision, _plan("int4").decoder) == ("int8", "int4")
+    p = plan_from_args("int4", None, None)
+    assert (p.vision, p.decoder) == ("int8", "int4")
     p = plan_from_args("int8", "fp16", None)
     assert (p.vision, p.decoder, p.weight_block) == ("fp16", "int8", 0)
     assert plan_from_args("int8", None, None, flavour="onnxruntime").weight_block == 32

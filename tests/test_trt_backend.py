@@ -177,6 +177,27 @@ def test_in_place_cache_writes_equal_onnxruntime(planned_aligned, monkeypatch, i
         assert vl.generate(None if image is None else str(image), PROMPT, max_new_tokens=24).token_ids == ort_ids
 
 
+@pytest.mark.parametrize("name", ["fp16", "int8", "int4-fp16"])
+def test_reduced_precision_plans_equal_onnxruntime(precision_engines, name, tmp_path, monkeypatch):
+    """fp16 KV caches (2-byte rows), the calibrated QDQ vision graph, W4A16: built and run as recorded."""
+    dst = tmp_path / name
+    shutil.copytree(precision_engines[name], dst)
+    fake, _ = trt_standin.install(monkeypatch)
+    m = build(dst)
+    assert m.trt.vision.onnx == m.graphs.vision.file and m.trt.decoder.precision == m.graphs.decoder.precision
+    assert all("TF32" not in b.config.cleared for b in fake.builds)  # TF32 is cleared for fp32 graphs only
+    assert greedy(dst, "trt", IMAGES[0]) == greedy(dst, "onnxruntime", IMAGES[0])
+
+
+def test_build_refuses_the_onnxruntime_flavour(precision_engines, tmp_path, monkeypatch):
+    dst = tmp_path / "ort"
+    shutil.copytree(precision_engines["int4-ort"], dst)
+    trt_standin.install(monkeypatch)
+    with pytest.raises(EngineError, match="'onnxruntime' flavour .* re-export with `--flavour standard`"):
+        build(dst)
+    assert load_manifest(dst).trt is None and not (dst / "vision.plan").exists()
+
+
 def test_dynamic_tiles_in_chunks_equal_onnxruntime(planned_dynamic, monkeypatch, test_images):
     ort_ids = greedy(planned_dynamic, "onnxruntime", test_images["panorama"])
     _, dev = trt_standin.install(monkeypatch)
