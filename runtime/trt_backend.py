@@ -213,10 +213,10 @@ class TrtDecoder:
                 fresh = self._capture_context(pos)
                 context = fresh or context
             self._bind(context, call, pos)
-            self._step(context, s, pos, embeds, positions)
+            self._step(context, call, embeds, positions)
         self.cuda.synchronize(self.stream)
         if fresh is not None:
-            self._capture(fresh, s, pos, embeds, positions)
+            self._capture(fresh, call, pos, embeds, positions)
         return self.logits  # [B, V]
 
     def _bind(self, context: _Context, call, pos: int) -> None:
@@ -234,16 +234,15 @@ class TrtDecoder:
     def _staging(self, layer: int, kv: int) -> int:
         return self.dev[KV_STAGING].ptr + kv_offset(self.dec, self.max_seq_len, self.batch, self.itemsize, layer, kv, 0)
 
-    def _step(self, context: _Context, s: int, pos: int, embeds: np.ndarray, positions: np.ndarray) -> None:
+    def _step(self, context: _Context, call, embeds: np.ndarray, positions: np.ndarray) -> None:
         self.cuda.h2d(self.dev[io.INPUTS_EMBEDS].ptr, embeds, self.stream)
         self.cuda.h2d(self.dev[io.POSITION_IDS].ptr, positions, self.stream)
         context.execute(self.stream)
-        if self.staged:  # new rows -> cache rows pos..pos+s-1, device to device
-            cache = self.dev[KV_CACHE].ptr
+        if self.staged:  # new rows -> cache rows pos..pos+seq-1 (where call.offsets puts them), device to device
+            cache, nbytes = self.dev[KV_CACHE].ptr, call.shapes[io.INPUTS_EMBEDS][1] * self.row_bytes
             for i in range(self.dec.n_layers):
-                for kv in (0, 1):
-                    dst = cache + kv_offset(self.dec, self.max_seq_len, self.batch, self.itemsize, i, kv, pos)
-                    self.cuda.d2d(dst, self._staging(i, kv), s * self.row_bytes, self.stream)
+                for kv, new in enumerate((io.new_key(i), io.new_value(i))):
+                    self.cuda.d2d(cache + call.offsets[new], self._staging(i, kv), nbytes, self.stream)
         self.cuda.d2h(self.logits, self.dev[io.LOGITS].ptr, self.stream)  # only the logits come back
 
     def _capture_context(self, pos: int) -> _Context | None:
@@ -255,12 +254,12 @@ class TrtDecoder:
             self.use_graphs = False
             return None
 
-    def _capture(self, context: _Context, s: int, pos: int, embeds: np.ndarray, positions: np.ndarray) -> None:
+    def _capture(self, context: _Context, call, pos: int, embeds: np.ndarray, positions: np.ndarray) -> None:
         """Record this position's step on its own context (which has just run it once, as TensorRT asks)."""
         try:
             self.cuda.begin_capture(self.stream)
             try:
-                self._step(context, s, pos, embeds, positions)
+                self._step(context, call, embeds, positions)
             finally:
                 graph = self.cuda.end_capture(self.stream)
         except EngineError as e:
