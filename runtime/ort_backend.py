@@ -27,6 +27,7 @@ from runtime import graph_io as io
 from runtime.backend import check_graph_io
 from runtime.errors import EngineError
 from runtime.manifest import DecoderSpec, GraphSpec
+from runtime.trt_profiles import decoder_call
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +84,20 @@ class OrtDecoder:
 
     def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray:
         b, s, _ = inputs_embeds.shape
-        assert b == self.batch and 0 <= pos and pos + s <= self.max_seq_len, (inputs_embeds.shape, pos)
+        assert b == self.batch, inputs_embeds.shape
         positions = np.arange(pos, pos + s, dtype=np.int64)[None, :].repeat(b, 0)  # [B, S]
         embeds = np.ascontiguousarray(inputs_embeds, np.float32)  # [B, S, D], alive until run returns
 
         binding = self.session.io_binding()
         binding.bind_cpu_input(io.INPUTS_EMBEDS, embeds)
         binding.bind_cpu_input(io.POSITION_IDS, positions)
-        kv_row = self.batch * self.dec.n_kv_heads * self.dec.head_dim * self.kv_dtype.itemsize  # bytes per row
+        call = decoder_call(self.dec, self.max_seq_len, b, self.kv_dtype.itemsize, s, pos)  # the cache layout
+        base = self.cache.ctypes.data
+        new_shape = [s, b, self.dec.n_kv_heads, self.dec.head_dim]
         for i in range(self.dec.n_layers):
-            for j, (past, new) in enumerate(((io.past_key(i), io.new_key(i)), (io.past_value(i), io.new_value(i)))):
-                block = self.cache[i, j]  # [T, B, Hkv, hd], contiguous
-                base = block.ctypes.data
-                shape = [b, self.dec.n_kv_heads, self.dec.head_dim]
-                binding.bind_input(past, "cpu", 0, self.kv_dtype, [pos] + shape, base)
-                binding.bind_output(new, "cpu", 0, self.kv_dtype, [s] + shape, base + pos * kv_row)
+            for past, new in ((io.past_key(i), io.new_key(i)), (io.past_value(i), io.new_value(i))):
+                binding.bind_input(past, "cpu", 0, self.kv_dtype, list(call.shapes[past]), base + call.offsets[past])
+                binding.bind_output(new, "cpu", 0, self.kv_dtype, new_shape, base + call.offsets[new])
         binding.bind_output(io.LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
         self.session.run_with_iobinding(binding)
         return self.logits  # [B, V]

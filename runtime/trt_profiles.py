@@ -2,7 +2,8 @@
 
 The builder (`export.trt`) and the TensorRT backend (`runtime.trt_backend`) share these, so
 the profiles an engine was built with, the buffers the runtime allocates once and the shapes
-and addresses it binds on every call come from one place.
+and addresses it binds on every call come from one place.  The cache layout (`kv_offset`,
+`decoder_call`) is the ONNX Runtime backend's too.
 
     vision.plan   one profile  "vision"   pixel_values   [1..Bv, 3, S, S]
     decoder.plan  two profiles "prefill"  inputs_embeds  [1..B, 1..T, D]     position_ids [1..B, 1..T]
