@@ -33,6 +33,15 @@ class BackendChoice:
         return f"backend: {self.name} ({self.reason})"
 
 
+def machine(trt_version: str, gpu_name: str, compute_capability: str) -> str:
+    return f"TensorRT {trt_version} on {gpu_name} (sm {compute_capability})"
+
+
+def check_requested(requested: str) -> None:
+    if requested not in BACKENDS:
+        raise EngineError(f"--backend must be one of {list(BACKENDS)}, got {requested!r}")
+
+
 def rebuild_hint(engine_dir) -> str:
     return f"rebuild them here with `python -m export.trt --engine {engine_dir}`"
 
@@ -43,9 +52,9 @@ def plan_mismatch(engine_dir, manifest: Manifest, trt_version: str, gpu_name: st
     if t is None:
         return f"{engine_dir} has no TensorRT plans; build them on the GPU with `python -m export.trt --engine " \
                f"{engine_dir}`"
-    built = f"TensorRT {t.tensorrt_version} on {t.gpu_name} (sm {t.compute_capability})"
-    here = f"TensorRT {trt_version} on {gpu_name} (sm {compute_capability})"
-    if (t.tensorrt_version, t.gpu_name, t.compute_capability) != (trt_version, gpu_name, compute_capability):
+    built = machine(t.tensorrt_version, t.gpu_name, t.compute_capability)
+    here = machine(trt_version, gpu_name, compute_capability)
+    if built != here:
         return f"the plans in {engine_dir} were built with {built}, this machine has {here}; plans run only " \
                f"where they were built: {rebuild_hint(engine_dir)}"
     hashes = {f.path: f.sha256 for f in manifest.files}
@@ -60,8 +69,7 @@ def plan_mismatch(engine_dir, manifest: Manifest, trt_version: str, gpu_name: st
 def decide(requested: str, trt_problem: str, gpu_problem: str, mismatch: str,
            built_for: str = "") -> BackendChoice:
     """The choice from the facts; each *_problem / mismatch is '' when fine, else the reason."""
-    if requested not in BACKENDS:
-        raise EngineError(f"--backend must be one of {list(BACKENDS)}, got {requested!r}")
+    check_requested(requested)
     if requested == ONNXRUNTIME:
         return BackendChoice(ONNXRUNTIME, "requested with --backend onnxruntime")
     problem = next((p for p in (trt_problem, gpu_problem, mismatch) if p), "")
@@ -74,8 +82,7 @@ def decide(requested: str, trt_problem: str, gpu_problem: str, mismatch: str,
 
 def choose_backend(requested: str, engine_dir: Path, manifest: Manifest):
     """(BackendChoice, open Cuda or None): probes only as far as the decision needs."""
-    if requested not in BACKENDS:
-        decide(requested, "", "", "")  # raises the message
+    check_requested(requested)  # before any probing
     t = manifest.trt
     if requested == ONNXRUNTIME:
         return decide(requested, "", "", ""), None
@@ -91,9 +98,8 @@ def choose_backend(requested: str, engine_dir: Path, manifest: Manifest):
     cuda = cuda_mem.open_cuda()
     info = cuda.device_info()
     mismatch = plan_mismatch(engine_dir, manifest, version, info.name, info.compute_capability)
-    built = f"TensorRT {t.tensorrt_version} on {t.gpu_name} (sm {t.compute_capability})"
     try:
-        choice = decide(requested, "", "", mismatch, built)
+        choice = decide(requested, "", "", mismatch, machine(t.tensorrt_version, t.gpu_name, t.compute_capability))
     except EngineError:
         cuda.close()
         raise
