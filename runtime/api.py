@@ -30,7 +30,7 @@ from runtime.errors import FlashVLError
 from runtime.files import verify_files
 from runtime.generate import LoopState, Timings, check_prompt_fits, decode_loop
 from runtime.image import load_image, preprocess
-from runtime.manifest import FileEntry, Manifest, load_manifest
+from runtime.manifest import Manifest, load_manifest
 from runtime.ort_backend import OrtDecoder, OrtVision
 from runtime.sampling import Sampler, SamplingConfig
 from runtime.tiling import TileLayout, gather_tokens, plan, tile_pixels
@@ -113,21 +113,20 @@ class FlashVL:
         if max_seq_len is not None and not 2 <= max_seq_len <= manifest.decoder.max_seq_len:
             raise FlashVLError(f"max_seq_len {max_seq_len} is outside 2..{manifest.decoder.max_seq_len}, the context "
                                f"window {engine_dir} was exported for; re-export with --max-seq-len for a larger one")
-        verify_files(engine_dir, manifest.files)
         choice, cuda = choose_backend(backend, engine_dir, manifest)
         log.info("%s", choice.line())
         g = manifest.graphs
         caps = TRT_GPU if choice.name == TENSORRT else ORT_CPU
         owner = None
         try:
+            # one hash check of what this backend reads (its stamps are kept beside the other backend's)
+            verify_files(engine_dir, manifest.files + (manifest.trt.plan_files() if choice.name == TENSORRT else ()))
             for role, spec in (("vision", g.vision), ("decoder", g.decoder)):
                 check_supported(caps, role, spec, engine_dir)
             tokenizer = ChatTokenizer.load(engine_dir / manifest.tokenizer, manifest.tokens, manifest.chat)
             if choice.name == TENSORRT:
                 from runtime.trt_backend import TrtEngines
 
-                plans = (manifest.trt.vision, manifest.trt.decoder)
-                verify_files(engine_dir, tuple(FileEntry(p.file, p.bytes, p.sha256) for p in plans))
                 owner = TrtEngines(engine_dir, manifest, cuda, max_seq_len, cuda_graphs)
                 vision, decoder = owner.vision, owner.decoder
             else:

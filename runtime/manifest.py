@@ -379,6 +379,10 @@ class TrtSpec:
     vision: PlanSpec
     decoder: PlanSpec
 
+    def plan_files(self) -> tuple[FileEntry, ...]:
+        """The plans as file entries, for the same size/sha256 check as the folder's other files."""
+        return tuple(FileEntry(p.file, p.bytes, p.sha256) for p in (self.vision, self.decoder))
+
     def __post_init__(self):
         if self.max_seq_len < 2 or self.max_batch < 1 or self.vision_max_batch < 1:
             raise EngineError(f"trt: max_seq_len >= 2, max_batch >= 1 and vision_max_batch >= 1 expected, got "
