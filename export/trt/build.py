@@ -21,6 +21,7 @@ plan's activation memory.  Each plan's peak host RSS and device memory are recor
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from export.trt_lint import lint_file
 from runtime import cuda_mem, trt_compat
 from runtime.backend import TRT_GPU, check_supported
 from runtime.errors import EngineError
-from runtime.files import sha256_of, verify_files
+from runtime.files import verify_files
 from runtime.manifest import SCHEMA_VERSION, GraphSpec, Manifest, PlanSpec, ProfileSpec, TrtSpec, load_manifest, \
     save_manifest
 from runtime.trt_profiles import decoder_profiles, opt_prompt_len, vision_profiles
@@ -122,14 +123,13 @@ def build_plans(engine_dir: Path, cfg: BuildConfig) -> Manifest:
             builder.max_threads = 1
         cache_path = cfg.timing_cache or engine_dir / TIMING_CACHE
         cache = None
+        hashes = {f.path: f.sha256 for f in manifest.files}  # verified above: the graphs the plans come from
         plans = {}
         for role, graph, profiles in (("vision", g.vision, vision_profs), ("decoder", g.decoder, decoder_profs)):
-            plans[role], cache = build_one(trt, builder, logger, cuda, engine_dir, role, graph, profiles, cfg,
-                                           cache_path, cache)
+            plans[role], cache = build_one(trt, builder, logger, cuda, engine_dir, role, graph, hashes[graph.file],
+                                           profiles, cfg, cache_path, cache)
         write_atomic(cache_path, bytes(memoryview(cache.serialize())))
         progress.say(f"timing cache: {cache_path}")
-        hashes = {f.path: f.sha256 for f in manifest.files}
-        plans = {role: dataclasses.replace(p, onnx_sha256=hashes[p.onnx]) for role, p in plans.items()}
         spec = TrtSpec(tensorrt_version=version, gpu_name=info.name, compute_capability=info.compute_capability,
                        max_seq_len=t, max_batch=cfg.max_batch, vision_max_batch=bv,
                        workspace_mb=cfg.workspace_bytes >> 20,
@@ -141,7 +141,7 @@ def build_plans(engine_dir: Path, cfg: BuildConfig) -> Manifest:
     return manifest
 
 
-def build_one(trt, builder, logger, cuda, engine_dir: Path, role: str, graph: GraphSpec,
+def build_one(trt, builder, logger, cuda, engine_dir: Path, role: str, graph: GraphSpec, graph_sha256: str,
               profiles: tuple[ProfileSpec, ...], cfg: BuildConfig, cache_path: Path, cache):
     """Parse one ONNX graph, build and write its plan; returns (PlanSpec, the timing cache)."""
     onnx_path = engine_dir / graph.file
@@ -192,8 +192,8 @@ def build_one(trt, builder, logger, cuda, engine_dir: Path, role: str, graph: Gr
     device_memory = -1 if cfg.low_memory else _activation_bytes(trt, logger, data)
     progress.say(f"{plan_file}: {len(data) / 2**20:.1f} MB in {seconds:.1f}s; builder peak host RSS "
                  f"{_gb(peak.host_bytes)}, device {_gb(peak.device_bytes)}; activation memory {_gb(device_memory)}")
-    plan = PlanSpec(file=plan_file, bytes=len(data), sha256=sha256_of(engine_dir / plan_file), onnx=graph.file,
-                    onnx_sha256="", precision=graph.precision, profiles=profiles, device_memory=device_memory,
+    plan = PlanSpec(file=plan_file, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), onnx=graph.file,
+                    onnx_sha256=graph_sha256, precision=graph.precision, profiles=profiles, device_memory=device_memory,
                     build_seconds=round(seconds, 3), builder_peak_host_bytes=peak.host_bytes,
                     builder_peak_device_bytes=peak.device_bytes)
     return plan, config.get_timing_cache()
