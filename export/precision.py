@@ -110,15 +110,15 @@ def quantize_symmetric(w: np.ndarray, bits: int, block_size: int) -> tuple[np.nd
     qmax = 2 ** (bits - 1) - 1
     if block_size == 0:
         amax = np.abs(w).max(axis=0)  # [N]
-        expand = amax[None, :]  # [1, N]
     else:
         assert k % block_size == 0, (w.shape, block_size)
         amax = np.abs(w.reshape(k // block_size, block_size, n)).max(axis=1)  # [K/bs, N]
-        expand = np.repeat(amax, block_size, axis=0)  # [K, N]
+    # an all-zero block, or one so small that amax / qmax underflows to 0, gets scale 1 and q = 0
     scale = (amax / qmax).astype(np.float32)
-    safe = np.where(expand > 0, expand / qmax, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / safe), -qmax, qmax).astype(np.int8)  # [K, N]
-    return q, np.where(scale > 0, scale, 1.0).astype(np.float32)
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)  # [N] or [K/bs, N]
+    expand = scale[None, :] if block_size == 0 else np.repeat(scale, block_size, axis=0)  # [1, N] or [K, N]
+    q = np.clip(np.rint(w / expand), -qmax, qmax).astype(np.int8)  # [K, N]
+    return q, scale
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, block_size: int) -> np.ndarray:
