@@ -9,7 +9,9 @@
 
 An image is a path, encoded bytes (PNG/JPEG/...), a NumPy array (H x W x 3 BGR by
 default, as OpenCV cameras give; `channels="rgb"` for RGB; gray, BGRA/RGBA and 16-bit
-work), or None for a text-only prompt.  A FlashVL object serves one request at a time.
+work), an EncodedImage (prepare_image + encode_prepared, done ahead), or None for a
+text-only prompt.  A FlashVL object serves one request at a time; `captions()` runs the
+camera/video loop (runtime.video).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from runtime.manifest import Manifest, load_manifest
 from runtime.ort_backend import OrtDecoder, OrtVision
 from runtime.sampling import Sampler, SamplingConfig
 from runtime.tiling import TileLayout, gather_tokens, plan, tile_pixels
+from runtime.video.captioner import Cadence, CaptionStream, open_stream
+from runtime.video.model import FlashVLModel, PromptConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,25 @@ class Result:
         return {"text": self.text, "token_ids": self.token_ids, "image_tokens": self.image_tokens,
                 "prompt_tokens": self.prompt_tokens, "finish_reason": self.finish_reason,
                 "timings": self.timings.as_dict(), "tiling": self.tiling}
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image ready for the vision graph (FlashVL.prepare_image)."""
+
+    pixels: np.ndarray  # [tiles, 3, S, S] f32 (1 tile for a static model)
+    layout: TileLayout | None
+    preprocess_ms: float
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image through the vision graph (FlashVL.encode_prepared); stream()/generate() take it as the image."""
+
+    embeds: np.ndarray  # [1, image_tokens, dim] f32
+    layout: TileLayout | None
+    preprocess_ms: float
+    vision_ms: float
 
 
 class Generation:
@@ -161,24 +184,90 @@ class FlashVL:
             pass
         return gen.result
 
+    def prepare_image(self, image, channels: str = "bgr", iss: bool = True) -> PreparedImage:
+        """The CPU half of encoding: decode, tile, resize, normalise.  Safe to run on another thread
+        while this object decodes (the camera loop prepares frame N+1 during caption N)."""
+        t0 = time.perf_counter()
+        rgb = load_image(image, channels=channels, background=self.manifest.preprocess.alpha_background)  # [H, W, 3]
+        pixels, layout = vision_pixels(rgb, self.manifest, iss)  # [tiles, 3, S, S]
+        return PreparedImage(pixels, layout, (time.perf_counter() - t0) * 1e3)
+
+    def encode_prepared(self, prepared: PreparedImage) -> EncodedImage:
+        """The vision graph over prepared pixels -> embeddings `stream()` accepts in place of an image."""
+        t0 = time.perf_counter()
+        embeds = self.vision.encode(prepared.pixels)  # [tiles, n*n, dim]
+        if prepared.layout is not None:
+            embeds = gather_tokens(embeds, prepared.layout)[None]  # [1, image_tokens, dim]
+        return EncodedImage(embeds, prepared.layout, prepared.preprocess_ms, (time.perf_counter() - t0) * 1e3)
+
     def encode_image(self, image, channels: str = "bgr", timings: Timings | None = None,
                      iss: bool = True) -> tuple[np.ndarray, TileLayout | None]:
         """image -> ([1, image_tokens, dim] embeddings, the tile layout or None for a static model)."""
-        t = timings or Timings()
-        pre = self.manifest.preprocess
-        t0 = time.perf_counter()
-        rgb = load_image(image, channels=channels, background=pre.alpha_background)  # [H, W, 3]
-        pixels, layout = vision_pixels(rgb, self.manifest, iss)  # [tiles, 3, S, S]
-        t1 = time.perf_counter()
-        embeds = self.vision.encode(pixels)  # [tiles, n*n, dim]
-        if layout is not None:
-            embeds = gather_tokens(embeds, layout)[None]  # [1, image_tokens, dim]
-        t.preprocess_ms, t.vision_ms = (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
-        return embeds, layout
+        enc = self.encode_prepared(self.prepare_image(image, channels, iss))
+        if timings is not None:
+            timings.preprocess_ms, timings.vision_ms = enc.preprocess_ms, enc.vision_ms
+        return enc.embeds, enc.layout
+
+    # ------------------------------------------------------------------ video
+
+    def captions(self, source, prompt: PromptConfig | str = "Describe the image.", cadence: Cadence | None = None,
+                 *, realtime: bool = True, pieces: bool = False, on_frame=None) -> CaptionStream:
+        """Caption a video source continuously; iterate the result for CaptionEvents.
+
+            with vl.captions(VideoSource.camera(0), "What is happening?", Cadence(interval=2)) as events:
+                for ev in events:
+                    print(ev.frame, ev.caption, ev.latency_ms)
+
+        source: VideoSource.camera/file/url/gst(...), a FrameFeed your app pushes frames into, or any
+        iterable of BGR arrays (or (array, seconds) pairs).  The newest frame is captioned; frames that
+        arrive meanwhile are dropped and counted (`realtime=False`: files and iterables give every frame
+        in order instead).  See runtime.video.captioner for the cadence, the change gate and the overlap.
+        """
+        if isinstance(prompt, str):
+            prompt = PromptConfig(prompt)
+        if prompt.max_new_tokens < 1:
+            raise FlashVLError(f"max_new_tokens must be at least 1, got {prompt.max_new_tokens}")
+        return open_stream(FlashVLModel(self, prompt), source, cadence or Cadence(), realtime=realtime,
+                           pieces=pieces, on_frame=on_frame)
+
+    # ------------------------------------------------------------------ threads
+
+    @property
+    def encodes_concurrently(self) -> bool:
+        """Whether encode_prepared() may run on one thread while another decodes: ONNX Runtime sessions
+        can; the TensorRT pair shares one CUDA stream, so its vision runs between decodes."""
+        return self.backend.name != TENSORRT
+
+    def enter_thread(self) -> None:
+        """Call on a thread of yours before it runs the model (TensorRT: makes the GPU current there)."""
+        if self._owner is not None:
+            self._owner.cuda.enter_thread()
+
+    def leave_thread(self) -> None:
+        if self._owner is not None:
+            self._owner.cuda.leave_thread()
+
+    def cancel(self) -> None:
+        """Stop the graph call in flight from another thread (ONNX Runtime stops between nodes; a
+        TensorRT call is milliseconds and finishes); the interrupted request raises runtime.errors.Cancelled.
+        Every later call is cancelled too until resume()."""
+        for engine in (self.vision, self.decoder):
+            if hasattr(engine, "cancel"):
+                engine.cancel()
+
+    def resume(self) -> None:
+        for engine in (self.vision, self.decoder):
+            if hasattr(engine, "resume"):
+                engine.resume()
 
     def _run(self, gen: Generation, image, prompt, max_new_tokens, sampling, system, channels, iss) -> Iterator[str]:
         state = LoopState(timings=Timings(), t_start=time.perf_counter())
-        embeds, layout = (None, None) if image is None else self.encode_image(image, channels, state.timings, iss)
+        embeds, layout = None, None
+        if image is not None:
+            enc = image if isinstance(image, EncodedImage) else self.encode_prepared(
+                self.prepare_image(image, channels, iss))
+            embeds, layout = enc.embeds, enc.layout
+            state.timings.preprocess_ms, state.timings.vision_ms = enc.preprocess_ms, enc.vision_ms
         image_tokens = 0 if embeds is None else embeds.shape[1]
         ids = self.tokenizer.encode_prompt(prompt, image_tokens=image_tokens, system=system)  # [P]
         check_prompt_fits(len(ids), image_tokens, self.decoder.max_seq_len)

@@ -9,6 +9,8 @@ async copies and CUDA graphs, over whichever Python CUDA binding is installed.
     Cuda.new_stream()              -> Stream        (.handle = cudaStream_t as int, for execute_async_v3)
     Cuda.h2d / d2h / d2d / memset  async on a stream; host arrays are C-contiguous NumPy arrays
     Cuda.begin_capture / end_capture(stream) -> CudaGraph (.launch(stream)), when Cuda.supports_graphs
+    Cuda.enter_thread() / leave_thread()  make this device current on another thread (the camera
+                                   loop's model thread) and undo it before that thread ends
 
 Bindings, tried in this order:
   * cuda-python: `cuda.bindings.runtime` (cuda-bindings 12.6+ and 13.x; 13 removed the old
@@ -203,6 +205,12 @@ class _CudaPython(Cuda):
         except ImportError:
             self._handle = int
 
+    def enter_thread(self) -> None:
+        self._check("cudaSetDevice", self.rt.cudaSetDevice(self.device))  # per thread; the primary context
+
+    def leave_thread(self) -> None:
+        pass  # the runtime API keeps nothing per thread that needs undoing
+
     def _check(self, call: str, result):
         err, *values = result
         if err != self.rt.cudaError_t.cudaSuccess:
@@ -371,6 +379,12 @@ class _PyCuda(Cuda):
                         f"pip install 'cuda-python>=12' or run without CUDA graphs")
 
     end_capture = begin_capture
+
+    def enter_thread(self) -> None:
+        self.ctx.push()  # the primary context, current on this thread too
+
+    def leave_thread(self) -> None:
+        self.drv.Context.pop()
 
     def _shutdown(self) -> None:
         self.ctx.pop()

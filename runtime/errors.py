@@ -21,3 +21,7 @@ class ImageError(FlashVLError):
 
 class PromptError(FlashVLError):
     """The prompt does not fit the model (e.g. longer than the context window)."""
+
+
+class Cancelled(Exception):
+    """A graph call was stopped from another thread (`cancel()`); not a user mistake, never shown as one."""

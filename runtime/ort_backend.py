@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from runtime import graph_io as io
 from runtime.backend import check_graph_io
-from runtime.errors import EngineError
+from runtime.errors import Cancelled, EngineError
 from runtime.manifest import DecoderSpec, GraphSpec
 from runtime.trt_profiles import decoder_call
 
@@ -61,18 +61,44 @@ def open_session(path: Path, spec: GraphSpec, so: ort.SessionOptions) -> ort.Inf
     return sess
 
 
-class OrtVision:
+class Interruptible:
+    """One session's RunOptions, so another thread can stop a call in flight (a full-size prefill runs for
+    seconds on a CPU; Ctrl-C must not wait for it).  ONNX Runtime checks the flag between nodes."""
+
+    def __init__(self):
+        self.run_options = ort.RunOptions()
+
+    def cancel(self) -> None:
+        """Stop the call in flight, and every later call, until resume()."""
+        self.run_options.terminate = True
+
+    def resume(self) -> None:
+        self.run_options = ort.RunOptions()
+
+    def guarded(self, call):
+        try:
+            return call(self.run_options)
+        except Exception:
+            if self.run_options.terminate:
+                raise Cancelled("cancelled") from None
+            raise
+
+
+class OrtVision(Interruptible):
     def __init__(self, path: Path, spec: GraphSpec, threads: int | None):
+        super().__init__()
         self.session = open_session(path, spec, session_options(threads))
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         # [B, 3, H, W] f32 -> [B, image_tokens, dim] f32
-        return self.session.run([io.IMAGE_EMBEDS], {io.PIXEL_VALUES: np.ascontiguousarray(pixels, np.float32)})[0]
+        feed = {io.PIXEL_VALUES: np.ascontiguousarray(pixels, np.float32)}
+        return self.guarded(lambda opts: self.session.run([io.IMAGE_EMBEDS], feed, opts))[0]
 
 
-class OrtDecoder:
+class OrtDecoder(Interruptible):
     def __init__(self, path: Path, spec: GraphSpec, dec: DecoderSpec, threads: int | None,
                  max_seq_len: int | None = None, batch: int = 1):
+        super().__init__()
         self.session = open_session(path, spec, session_options(threads))
         self.dec = dec
         self.batch = batch
@@ -99,5 +125,5 @@ class OrtDecoder:
                 binding.bind_input(past, "cpu", 0, self.kv_dtype, list(call.shapes[past]), base + call.offsets[past])
                 binding.bind_output(new, "cpu", 0, self.kv_dtype, new_shape, base + call.offsets[new])
         binding.bind_output(io.LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
-        self.session.run_with_iobinding(binding)
+        self.guarded(lambda opts: self.session.run_with_iobinding(binding, opts))
         return self.logits  # [B, V]

@@ -1,7 +1,11 @@
-"""`python -m runtime.run`: caption or answer about one image with an engine folder.
+"""`python -m runtime.run`: caption or answer about one image, or a camera or video stream.
 
     python -m runtime.run --engine engines/tiny --image samples/shapes.png
     python -m runtime.run --engine engines/tiny --image photo.jpg --prompt "What is here?" --json
+    python -m runtime.run --engine engines/tiny --video samples/clip.mp4 --jsonl captions.jsonl
+    python -m runtime.run --engine engines/tiny --camera 0 --interval 2 --min-change 0.03
+
+Streams (--camera/--video/--url/--gst) are described in runtime/video/cli.py.
 
 Streams the text to stdout as it is decoded (timings go to stderr), or with --json
 prints one JSON object: text, token_ids, image_tokens, prompt_tokens, finish_reason, timings, and
@@ -30,7 +34,8 @@ def parse_args(argv):
                                     "omit for text only")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question or instruction (default: {DEFAULT_PROMPT!r})")
     ap.add_argument("--system", default=None, help="system prompt (default: the manifest's; '' for none)")
-    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default 128 for an image, 48 per caption "
+                                                                      "for a stream")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     ap.add_argument("--top-k", type=int, default=0, help="0 = off")
     ap.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -47,6 +52,29 @@ def parse_args(argv):
     ap.add_argument("--no-iss", action="store_true",
                     help="dynamic engines: plain dynamic cropping instead of the manifest's ISS margin")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    st = ap.add_argument_group("camera and video streams (instead of --image)")
+    src = st.add_mutually_exclusive_group()
+    src.add_argument("--camera", type=int, metavar="N", help="V4L2 camera index (/dev/videoN)")
+    src.add_argument("--video", metavar="PATH", help="a video file (or a URL of a finite file)")
+    src.add_argument("--url", metavar="URL", help="a live stream: rtsp://..., http://... (reconnected when it drops)")
+    src.add_argument("--gst", metavar="PIPELINE", help="a GStreamer pipeline ending in appsink (Jetson CSI camera: "
+                                                       "see the README); needs an OpenCV built with GStreamer")
+    st.add_argument("--loop", action="store_true", help="--video: start again at the end")
+    st.add_argument("--no-realtime", action="store_true",
+                    help="--video: offer every frame in order as fast as the model goes (nothing dropped; "
+                         "--interval counts media time) instead of playing it like a camera")
+    st.add_argument("--interval", type=float, default=0.0, metavar="S",
+                    help="caption at most every S seconds (default 0: as fast as the model allows)")
+    st.add_argument("--min-change", type=float, default=None, metavar="X",
+                    help="skip frames that differ from the last captioned one by less than X (mean difference of "
+                         "32x32 gray thumbnails, 0..1; try 0.02) and re-report that caption's id instead")
+    st.add_argument("--no-overlap", action="store_true",
+                    help="caption strictly one frame at a time instead of preparing frame N+1 while decoding N")
+    st.add_argument("--jsonl", metavar="FILE", help="write one JSON object per caption to FILE, or - for stdout")
+    st.add_argument("--save", metavar="OUT.mp4", help="write the video with the current caption drawn on it "
+                                                      "(.mp4, .avi or .mkv)")
+    st.add_argument("--show", action="store_true", help="show the captioned video in a window (needs a display "
+                                                        "and an OpenCV with a GUI)")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap.parse_args(argv)
 
@@ -58,12 +86,27 @@ def main(argv=None) -> int:
         from runtime.api import FlashVL
         from runtime.sampling import SamplingConfig
 
-        if args.max_new_tokens < 1:
+        if args.max_new_tokens is not None and args.max_new_tokens < 1:
             raise FlashVLError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         if args.threads is not None and args.threads < 1:
             raise FlashVLError(f"--threads must be at least 1, got {args.threads}")
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                   repetition_penalty=args.repetition_penalty, seed=args.seed)
+        streaming = any(x is not None for x in (args.camera, args.video, args.url, args.gst))
+        stream_flags = [f for f, on in (("--loop", args.loop), ("--no-realtime", args.no_realtime),
+                                        ("--interval", args.interval != 0.0), ("--min-change", args.min_change is not None),
+                                        ("--no-overlap", args.no_overlap), ("--jsonl", args.jsonl),
+                                        ("--save", args.save), ("--show", args.show)) if on]
+        if streaming and (args.image is not None or args.json):
+            raise FlashVLError(f"{'--image' if args.image is not None else '--json'} is for one image; a stream "
+                               f"(--camera/--video/--url/--gst) writes JSON Lines with --jsonl FILE|-")
+        if not streaming and stream_flags:
+            raise FlashVLError(f"{stream_flags[0]} applies to a stream; add --camera N, --video PATH, --url URL "
+                               f"or --gst PIPELINE")
+        if streaming:
+            from runtime.video.cli import run_stream
+
+            return run_stream(args, sampling)
         image = args.image
         if image == "-":
             image = sys.stdin.buffer.read()  # encoded bytes, e.g. `cat photo.jpg | ... --image -`
@@ -71,7 +114,7 @@ def main(argv=None) -> int:
                 raise FlashVLError("--image -: stdin is empty; pipe an image file in, e.g. `< photo.jpg`")
         vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
                           cuda_graphs=not args.no_cuda_graphs)
-        gen = vl.stream(image, args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
+        gen = vl.stream(image, args.prompt, max_new_tokens=args.max_new_tokens or 128, sampling=sampling,
                         system=args.system, iss=not args.no_iss)
         if args.json:
             for _ in gen:

@@ -95,6 +95,7 @@ class HostCuda:
         self.dev = dev
         self.mine: list[np.ndarray] = []
         self.closed = False
+        self.threads_entered = 0  # enter_thread() calls: the camera loop's model thread must make one
 
     def device_info(self) -> DeviceInfo:
         return self.dev.info
@@ -146,6 +147,12 @@ class HostCuda:
             self.dev.check(dst_ptr, nbytes)
             ctypes.memset(dst_ptr, value, nbytes)
         self.dev.submit(stream.handle, op)
+
+    def enter_thread(self) -> None:
+        self.threads_entered += 1
+
+    def leave_thread(self) -> None:
+        pass
 
     def synchronize(self, stream) -> None:
         assert stream.handle not in self.dev.capturing, "synchronize during a capture is an error in CUDA"

@@ -1,0 +1,409 @@
+"""The caption loop: the newest frame in, timestamped caption events out.
+
+    CaptionStream(model, frames, slot, cadence)   iterate it for CaptionEvents (and CaptionPieces, the
+                                                  text as it is decoded, with pieces=True); stop() ends it
+
+One model thread runs the loop below; a capture thread fills the slot (runtime.video.capture)
+and the caller's thread only reads events, so Ctrl-C reaches the caller at once and stop()
+cancels a graph call in flight.
+
+    job = next_job()                     wait for the cadence, take the newest frame, gate, prepare+encode
+    while job:
+        repeat?    emit the last caption's id again; job = next_job(); continue
+        encode     here, if the backend cannot encode while it decodes (TensorRT)
+        overlap    a worker starts next_job() for frame N+1, timed to finish when caption N does
+        describe   stream pieces, then the event for frame N
+        job = the worker's job, or next_job() now
+
+Cadence (`Cadence`): a frame is captioned when `interval` seconds have passed since the last
+captioned frame on the frame clock (capture time for live sources, media time for files), and,
+with `min_change`, when it differs from the last captioned frame by at least that much
+(runtime.video.change).  An unchanged scene re-emits the last caption's id at most once per
+max(interval, the last caption's duration): as often as the model would have captioned it.
+
+Overlap: frame N+1 is grabbed `grab_delay()` after caption N starts, so its preparation ends
+as caption N does and it is as fresh as a serial loop's would be; the model never waits for
+a frame and the frame never waits for the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from runtime.errors import Cancelled, FlashVLError
+from runtime.video.capture import Capture, FrameSlot
+from runtime.video.change import scene_change, thumbnail
+from runtime.video.frame import Frame, SourceStats
+
+log = logging.getLogger(__name__)
+
+JSONL_VERSION = 1
+_END = object()
+_POLL_S = 0.1  # how often blocked waits look at the stop flag
+
+
+@dataclass(frozen=True)
+class Cadence:
+    interval: float = 0.0  # seconds between captioned frames at least (0: as fast as the model goes)
+    min_change: float | None = None  # None: caption every due frame; else the scene_change() it needs
+    overlap: bool = True  # prepare (and encode) frame N+1 while decoding frame N
+
+    def __post_init__(self):
+        if not self.interval >= 0:  # also refuses NaN
+            raise FlashVLError(f"--interval must be 0 or more seconds, got {self.interval}")
+        if self.min_change is not None and not 0 < self.min_change <= 1:
+            raise FlashVLError(f"--min-change must be in (0, 1] (the mean thumbnail difference, see "
+                               f"runtime/video/change.py; try 0.02), got {self.min_change}")
+
+
+@dataclass(frozen=True)
+class CaptionPiece:
+    """Text of caption `id` as it is decoded (pieces=True)."""
+
+    id: int
+    frame: int
+    text: str
+
+
+@dataclass(frozen=True)
+class CaptionEvent:
+    """One caption, or (repeat=True) an unchanged scene re-reported with the last caption's id."""
+
+    id: int
+    repeat: bool
+    frame: int  # Frame.index: position in the file, or frames since the start for live sources
+    capture_ts: float  # time.time() when the frame was captured
+    media_s: float | None  # files: the frame's time in the media (cumulative over loops)
+    caption: str
+    tokens: int
+    finish_reason: str  # "stop" | "length" ("repeat" for repeats)
+    preprocess_ms: float
+    vision_ms: float
+    prefill_ms: float
+    decode_ms: float
+    latency_ms: float  # capture of the frame -> its last token (repeats: -> the decision)
+    dropped: int  # frames the source delivered since the previous event that were not captioned
+    change: float | None  # scene_change() against the last captioned frame (None: gate off or first)
+
+    def as_json(self) -> dict:
+        r3 = (lambda x: None if x is None else round(x, 3))
+        return {"v": JSONL_VERSION, "id": self.id, "repeat": self.repeat, "frame": self.frame,
+                "capture_ts": round(self.capture_ts, 6), "media_s": r3(self.media_s), "caption": self.caption,
+                "tokens": self.tokens, "finish_reason": self.finish_reason,
+                "preprocess_ms": r3(self.preprocess_ms), "vision_ms": r3(self.vision_ms),
+                "prefill_ms": r3(self.prefill_ms), "decode_ms": r3(self.decode_ms),
+                "latency_ms": r3(self.latency_ms), "dropped": self.dropped,
+                "change": None if self.change is None else round(self.change, 5)}
+
+
+@dataclass
+class StreamStats:
+    frames: int  # delivered by the source
+    captions: int
+    repeats: int
+    dropped: int  # delivered but never captioned nor re-reported
+    captions_per_s: float | None  # between the first and the last caption
+    latency_ms_p50: float | None  # capture -> last token, over the last 10,000 captions
+    latency_ms_p90: float | None
+    source: SourceStats = field(default_factory=SourceStats)
+
+
+@dataclass
+class _Job:
+    frame: Frame
+    prepared: object = None
+    encoded: object = None
+    repeat: bool = False
+    change: float | None = None
+    prep_s: float = 0.0  # wall time of prepare (+ encode) for the grab schedule
+
+
+def grab_delay(est_describe_s: float | None, est_prepare_s: float | None) -> float:
+    """Seconds after caption N starts to grab frame N+1, so its preparation ends as caption N does.
+
+    10% slack on the preparation estimate: a frame ready a little early costs a little freshness,
+    one ready late idles the model."""
+    if est_describe_s is None or est_prepare_s is None:
+        return 0.0
+    return max(0.0, est_describe_s - 1.1 * est_prepare_s)
+
+
+def _ema(old: float | None, new: float, a: float = 0.3) -> float:
+    return new if old is None else (1 - a) * old + a * new
+
+
+class CaptionStream:
+    def __init__(self, model, slot: FrameSlot, cadence: Cadence, *, capture: Capture | None = None,
+                 source_stats: SourceStats | None = None, pieces: bool = False, queue_events: int = 256,
+                 stop: threading.Event | None = None):
+        self.model, self.slot, self.cadence, self.pieces = model, slot, cadence, pieces
+        self.capture = capture
+        self.source_stats = source_stats or SourceStats()
+        self.stop_event = stop or (capture.stop if capture else threading.Event())
+        self.realtime = not slot.lossless  # lossless sources: no frame goes stale, grab at once
+        self._out: queue.Queue = queue.Queue(maxsize=queue_events)
+        self.error: BaseException | None = None
+        self.current_caption = ""  # the newest caption's text, for overlays
+        self.current_id = 0
+        self._done = False
+        self._released = False  # the model handed back (resume()) once the model thread has ended
+        # cadence state: touched by one thread at a time (the worker, or the model thread when none runs)
+        self._due = float("-inf")
+        self._ref = None  # thumbnail of the last captioned frame
+        self._last_caption_s = 0.0
+        self._est_prepare: float | None = None
+        self._est_describe: float | None = None
+        # emission state: model thread only
+        self._next_id = 1
+        self._last_seq = -1
+        self._last_event: CaptionEvent | None = None
+        self._captions = self._repeats = self._dropped = 0
+        self._latencies: deque[float] = deque(maxlen=10_000)
+        self._t_first = self._t_last = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="flashvl-prepare") if cadence.overlap else None
+        self._thread = threading.Thread(target=self._run, name="flashvl-model", daemon=True)
+        if capture is not None:
+            capture.start()
+        self._thread.start()
+
+    # ------------------------------------------------------------------ consumer side
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            item = self.get(_POLL_S)
+            if item is not None:
+                return item
+            if self._done:
+                raise StopIteration
+
+    def get(self, timeout: float | None = None):
+        """The next event or piece; None if none came within `timeout` (see `done`). Raises what the
+        loop raised (a source or model error) once the events before it are read."""
+        if self._done:
+            return None
+        try:
+            item = self._out.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if item is _END:
+            self._done = True
+            self._finish()
+            if self.error is not None:
+                raise self.error
+            return None
+        return item
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """End the loop within about a second: cancel the graph call in flight, drop the frame being
+        captioned, leave every event already emitted readable."""
+        if self._released:
+            return  # ended and handed the model back already
+        self.stop_event.set()
+        if self._thread.is_alive():
+            self.model.cancel()
+        self.slot.close()
+        self._thread.join(timeout)
+        self._finish()
+
+    def __enter__(self) -> CaptionStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stats(self) -> StreamStats:
+        lat = sorted(self._latencies)
+        pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None)
+        rate = None
+        if self._captions >= 2 and self._t_last > self._t_first:
+            rate = (self._captions - 1) / (self._t_last - self._t_first)
+        return StreamStats(self.source_stats.frames, self._captions, self._repeats, self._dropped, rate,
+                           pct(0.5), pct(0.9), self.source_stats)
+
+    def _finish(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if not self._thread.is_alive() and not self._released:
+            self._released = True
+            self.model.resume()  # the model is the caller's again (no call of ours can be in flight)
+
+    # ------------------------------------------------------------------ model thread
+
+    def _run(self) -> None:
+        self.model.enter_thread()
+        try:
+            self._loop()
+        except Cancelled:
+            pass  # stop() interrupted a graph call
+        except BaseException as e:
+            if not self.stop_event.is_set():
+                self.error = e
+        finally:
+            if self.capture is not None and self.capture.error is not None and self.error is None:
+                self.error = self.capture.error
+            self.model.leave_thread()
+            self._emit(_END, force=True)
+
+    def _loop(self) -> None:
+        job = self._next_job(0.0, in_worker=False)
+        while job is not None and not self.stop_event.is_set():
+            if job.repeat:
+                self._emit_repeat(job)
+                job = self._next_job(0.0, in_worker=False)
+                continue
+            if job.encoded is None:
+                t0 = time.perf_counter()
+                job.encoded = self.model.encode(job.prepared)
+                job.prep_s += time.perf_counter() - t0
+            self._est_prepare = _ema(self._est_prepare, job.prep_s)
+            pending: Future | None = None
+            if self._pool is not None:
+                delay = grab_delay(self._est_describe, self._est_prepare) if self.realtime else 0.0
+                pending = self._pool.submit(self._next_job, delay, True)
+            t0 = time.perf_counter()
+            self._describe(job)
+            self._last_caption_s = time.perf_counter() - t0
+            self._est_describe = _ema(self._est_describe, self._last_caption_s)
+            job = pending.result() if pending is not None else self._next_job(0.0, in_worker=False)
+
+    def _next_job(self, delay: float, in_worker: bool) -> _Job | None:
+        """Wait `delay`, then the newest frame that is due; gate it; prepare it (and encode it when this
+        runs beside a caption only if the backend allows). None when the source has ended or on stop."""
+        if delay > 0 and self.stop_event.wait(delay):
+            return None
+        c = self.cadence
+        while not self.stop_event.is_set():
+            frame = self.slot.take(_POLL_S)
+            if frame is None:
+                if self.slot.ended:
+                    return None
+                continue
+            if frame.clock < self._due:
+                continue  # too soon after the last captioned frame: dropped
+            change, thumb = None, None
+            if c.min_change is not None:
+                thumb = thumbnail(frame.image)
+                if self._ref is not None:
+                    change = scene_change(self._ref, thumb)
+                    if change < c.min_change:
+                        self._due = frame.clock + max(c.interval, self._last_caption_s)
+                        return _Job(frame, repeat=True, change=change)
+            self._ref, self._due = thumb, frame.clock + c.interval
+            t0 = time.perf_counter()
+            job = _Job(frame, prepared=self.model.prepare(frame.image), change=change)
+            if not in_worker or self.model.encodes_concurrently:
+                job.encoded = self.model.encode(job.prepared)
+            job.prep_s = time.perf_counter() - t0
+            return job
+        return None
+
+    def _describe(self, job: _Job) -> None:
+        cid, f = self._next_id, job.frame
+        self._next_id += 1
+        gen = self.model.describe(job.encoded)
+        for piece in gen:
+            if self.stop_event.is_set():
+                return
+            if self.pieces:
+                self._emit(CaptionPiece(cid, f.index, piece))
+        t_end = time.perf_counter()
+        r, enc = gen.result, job.encoded
+        ev = CaptionEvent(cid, False, f.index, f.wall_ts, f.media_s, r.text, len(r.token_ids), r.finish_reason,
+                          enc.preprocess_ms, enc.vision_ms, r.timings.prefill_ms, r.timings.decode_ms,
+                          (t_end - f.t_capture) * 1e3, self._take_dropped(f), job.change)
+        self.current_caption, self.current_id = r.text, cid
+        self._captions += 1
+        self._latencies.append(ev.latency_ms)
+        self._t_first = t_end if self._t_first is None else self._t_first
+        self._t_last = t_end
+        self._last_event = ev
+        self._emit(ev)
+
+    def _emit_repeat(self, job: _Job) -> None:
+        last, f = self._last_event, job.frame
+        assert last is not None, "the first due frame is always captioned"
+        ev = CaptionEvent(last.id, True, f.index, f.wall_ts, f.media_s, last.caption, last.tokens, "repeat",
+                          0.0, 0.0, 0.0, 0.0, (time.perf_counter() - f.t_capture) * 1e3, self._take_dropped(f),
+                          job.change)
+        self._repeats += 1
+        self._emit(ev)
+
+    def _take_dropped(self, f: Frame) -> int:
+        dropped = f.seq - self._last_seq - 1
+        self._last_seq = f.seq
+        self._dropped += dropped
+        return dropped
+
+    def _emit(self, item, force: bool = False) -> None:
+        """Queue for the consumer; waits while the consumer lags (frames are dropped upstream meanwhile)."""
+        while True:
+            try:
+                self._out.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if self.stop_event.is_set():
+                    if force:  # the end marker must get through: make room by dropping the oldest
+                        try:
+                            self._out.get_nowait()
+                        except queue.Empty:
+                            pass
+                        continue
+                    return
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+def open_stream(model, source, cadence: Cadence, *, realtime: bool = True, pieces: bool = False,
+                on_frame=None) -> CaptionStream:
+    """Start capturing and captioning.
+
+    source: a VideoSource (opened here: a mistake raises SourceError before any thread starts), a
+    FrameReader already opened (its own `realtime`), a FrameFeed, or an iterable of BGR arrays /
+    (array, seconds) pairs.  realtime=False (files and iterables): every frame is offered in order and
+    none is dropped for being late; `interval` then runs on media time.  on_frame(frame) runs on the
+    capture thread for every frame (--save, --show).
+    """
+    from runtime.video.capture import FrameFeed, array_frames
+    from runtime.video.frame import VideoSource
+    from runtime.video.sources import FrameReader
+
+    if isinstance(source, FrameFeed):
+        return CaptionStream(model, source.slot, cadence, source_stats=source.stats, pieces=pieces)
+    if isinstance(source, VideoSource):
+        if source.live and not realtime:
+            raise FlashVLError(f"{source.describe()} is a live source: frames come when they come, so realtime=False "
+                               f"(--no-realtime) applies to files only")
+        source = FrameReader(source, realtime=realtime)
+        source.open()
+    if isinstance(source, FrameReader):
+        stop, realtime = source.stop, source.realtime
+        frames, stats, on_end = source.frames(), source.stats, source.close
+    elif isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
+        raise FlashVLError(f"captions(): expected a VideoSource, a FrameFeed or an iterable of frames, got "
+                           f"{type(source).__name__}; for a file use VideoSource.file(path)")
+    else:
+        stop, stats, on_end = threading.Event(), SourceStats(), None
+        frames = _counted(array_frames(source, stop), stats)
+    slot = FrameSlot(lossless=not realtime)
+    capture = Capture(frames, slot, stop, on_frame, on_end)
+    return CaptionStream(model, slot, cadence, capture=capture, source_stats=stats, pieces=pieces, stop=stop)
+
+
+def _counted(frames, stats: SourceStats):
+    for f in frames:
+        stats.frames += 1
+        yield f

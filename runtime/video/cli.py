@@ -1,0 +1,211 @@
+"""`python -m runtime.run --camera N | --video PATH | --url URL | --gst PIPELINE`: caption a stream.
+
+    python -m runtime.run --engine engines/tiny --video samples/clip.mp4
+    python -m runtime.run --engine engines/tiny --camera 0 --interval 2 --min-change 0.03 --jsonl captions.jsonl
+    python -m runtime.run --engine engines/tiny --video clip.mp4 --no-realtime --jsonl - --save captioned.mp4
+
+Captions stream to stdout as they are decoded (one line each, `#id frame N (time): text`), or with
+`--jsonl -` stdout carries only JSON Lines.  The backend line and a summary (captions/s,
+capture-to-caption latency, frames dropped/corrupt, outages) go to stderr at the end.  Ctrl-C
+stops within a second; every caption finished by then is written and the --save video is
+closed properly.  Checks run before the model loads: the source opens, the output paths are
+writable, --show has a display.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+
+from runtime.errors import FlashVLError
+
+log = logging.getLogger(__name__)
+
+STREAM_MAX_NEW_TOKENS = 48  # a caption, not an essay: keeps the cadence up on a CPU
+
+
+def source_from_args(args):
+    from runtime.video.frame import VideoSource
+
+    if args.camera is not None:
+        source = VideoSource.camera(args.camera)
+    elif args.video is not None:
+        source = VideoSource.file(args.video, loop=args.loop)
+    elif args.url is not None:
+        source = VideoSource.url(args.url)
+    else:
+        source = VideoSource.gst(args.gst)
+    if args.loop and source.live:
+        raise FlashVLError(f"--loop repeats a file given with --video; {source.describe()} never ends")
+    if args.no_realtime and source.live:
+        raise FlashVLError(f"--no-realtime reads a file as fast as the model goes; {source.describe()} is live")
+    return source
+
+
+def check_display() -> None:
+    import cv2
+
+    build = cv2.getBuildInformation()
+    gui = build[build.find("GUI:"):].splitlines()[0] if "GUI:" in build else "GUI: unknown"
+    if "NONE" in gui.upper():
+        raise FlashVLError(f"--show: this OpenCV {cv2.__version__} has no GUI ({gui.strip()}; pip's "
+                           f"opencv-python-headless never has one); pip install opencv-python in place of "
+                           f"opencv-python-headless (JetPack's OpenCV has one), or use --save OUT.mp4")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise FlashVLError("--show: no display (DISPLAY and WAYLAND_DISPLAY are unset, e.g. over ssh); run it "
+                           "on the device's desktop, ssh -X, or use --save OUT.mp4")
+
+
+def clock_text(ts: float, media_s: float | None) -> str:
+    """A frame's time for people: media time for files (mm:ss.mmm), local wall-clock time for live sources."""
+    if media_s is not None:
+        m, s = divmod(media_s, 60)
+        return f"{int(m):02d}:{s:06.3f}"
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
+
+
+class Printer:
+    """Captions on stdout as they are decoded: `#id frame N (time): text`, one line each."""
+
+    def __init__(self, out):
+        self.out, self.open_id = out, None
+
+    def piece(self, p) -> None:
+        if self.open_id != p.id:
+            self._end_line()
+            self.out.write(f"#{p.id} frame {p.frame}: ")
+            self.open_id = p.id
+        self.out.write(p.text)
+        self.out.flush()
+
+    def event(self, ev) -> None:
+        if ev.repeat:
+            self._end_line()
+            self.out.write(f"#{ev.id} frame {ev.frame} ({clock_text(ev.capture_ts, ev.media_s)}): unchanged "
+                           f"(change {ev.change:.4f})\n")
+        elif self.open_id != ev.id:  # no pieces came (an empty caption)
+            self._end_line()
+            self.out.write(f"#{ev.id} frame {ev.frame}: {ev.caption}\n")
+        else:
+            self.out.write("\n")
+            self.open_id = None
+        self.out.flush()
+
+    def _end_line(self) -> None:
+        if self.open_id is not None:
+            self.out.write("\n")
+            self.open_id = None
+
+
+def summary_line(st, seconds: float) -> str:
+    s = st.source
+    rate = "n/a" if st.captions_per_s is None else f"{st.captions_per_s:.2f}"
+    lat = ("n/a" if st.latency_ms_p50 is None else
+           f"p50 {st.latency_ms_p50:.0f} ms, p90 {st.latency_ms_p90:.0f} ms")
+    outages = f", {s.outages} outages ({s.outage_s:.1f} s)" if s.outages else ""
+    loops = f", {s.loops} loops" if s.loops else ""
+    return (f"stream: {st.captions} captions, {st.repeats} unchanged from {st.frames} frames in {seconds:.1f} s "
+            f"({st.dropped} dropped, {s.corrupt} corrupt, {s.missing} missing{outages}{loops}); "
+            f"{rate} captions/s; capture-to-caption latency {lat}")
+
+
+def run_stream(args, sampling) -> int:
+    """The stream mode of runtime.run's main(); raises FlashVLError for the caller to print."""
+    from runtime.api import FlashVL
+    from runtime.video.captioner import Cadence
+    from runtime.video.model import PromptConfig
+    from runtime.video.outputs import JsonlWriter, VideoSaver
+    from runtime.video.sources import FrameReader
+
+    source = source_from_args(args)
+    cadence = Cadence(args.interval, args.min_change, overlap=not args.no_overlap)
+    prompt = PromptConfig(args.prompt, args.max_new_tokens or STREAM_MAX_NEW_TOKENS, sampling, args.system,
+                          iss=not args.no_iss)
+    if args.show:
+        check_display()
+    realtime = not args.no_realtime
+    jsonl = JsonlWriter(args.jsonl) if args.jsonl else None
+    reader = saver = None
+    try:
+        reader = FrameReader(source, realtime=realtime)
+        reader.open()
+        if args.save:
+            saver = VideoSaver(args.save, reader.stats.fps, lossless=not realtime, queue_frames=16)
+        vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
+                          cuda_graphs=not args.no_cuda_graphs)
+    except BaseException:
+        for thing in (reader, jsonl):
+            if thing is not None:
+                thing.close()
+        raise
+    printer = None if args.jsonl == "-" else Printer(sys.stdout)
+    latest = [None]  # the newest frame, for --show
+
+    def on_frame(frame):  # capture thread, every frame
+        if saver is not None:
+            saver.offer(frame.image, stream.current_caption, _header(stream.current_id, frame))
+        latest[0] = frame
+
+    t0 = time.perf_counter()
+    interrupted = False
+    stream = None
+    try:
+        stream = vl.captions(reader, prompt, cadence, realtime=realtime, pieces=printer is not None,
+                             on_frame=on_frame)
+        while True:
+            item = stream.get(0.03 if args.show else 0.2)
+            if item is None:
+                if stream.done:
+                    break
+            elif hasattr(item, "repeat"):
+                if jsonl is not None:
+                    jsonl.write(item.as_json())
+                if printer is not None:
+                    printer.event(item)
+            elif printer is not None:
+                printer.piece(item)
+            if args.show and latest[0] is not None and _show(latest[0], stream):
+                break  # q or Esc in the window
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the flush short
+        try:
+            if stream is not None:
+                stream.stop()
+            else:
+                reader.close()
+            if printer is not None:
+                printer._end_line()
+            for thing in (saver, jsonl):
+                if thing is not None:
+                    thing.close()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            vl.close()
+    print(vl.backend.line(), file=sys.stderr)
+    if stream is not None:
+        print(summary_line(stream.stats(), time.perf_counter() - t0), file=sys.stderr)
+        if saver is not None:
+            print(f"saved {args.save}: {saver.frames_written} frames"
+                  + (f" ({saver.dropped} left out: the writer fell behind)" if saver.dropped else ""), file=sys.stderr)
+    if interrupted:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _header(cid: int, frame) -> str:
+    return f"#{cid}  {clock_text(frame.wall_ts, frame.media_s)}" if cid else clock_text(frame.wall_ts, frame.media_s)
+
+
+def _show(frame, stream) -> bool:
+    import cv2
+
+    from runtime.video.overlay import draw_caption
+
+    cv2.imshow("Flash-VL", draw_caption(frame.image, stream.current_caption, _header(stream.current_id, frame)))
+    return cv2.waitKey(1) & 0xFF in (ord("q"), 27)

@@ -1,0 +1,57 @@
+"""What the caption loop drives: a model split into prepare / encode / describe.
+
+    prepare(image BGR [H, W, 3])  -> prepared   CPU only (decode, tile, resize, normalise); any thread
+    encode(prepared)              -> encoded    the vision graph
+    describe(encoded)             -> Generation iterate for text pieces; `.result` once exhausted
+    encodes_concurrently          encode() may run on one thread while describe() runs on another
+    cancel() / resume()           stop a graph call in flight from another thread / allow calls again
+    enter_thread() / leave_thread()  bracket a thread that calls the model (TensorRT: the GPU context)
+
+`FlashVLModel` implements it over a loaded FlashVL and one prompt; tests drive the loop with
+fakes of the same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.sampling import SamplingConfig
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """What each frame is asked (user choices, from the CLI edge or the app)."""
+
+    prompt: str = "Describe the image."
+    max_new_tokens: int = 48
+    sampling: SamplingConfig | None = None  # None: greedy
+    system: str | None = None  # None: the manifest's
+    iss: bool = True  # dynamic engines: ISS margin (False: plain dynamic cropping)
+
+
+class FlashVLModel:
+    def __init__(self, vl, prompt: PromptConfig):
+        self.vl, self.p = vl, prompt
+        self.encodes_concurrently = vl.encodes_concurrently
+
+    def prepare(self, image):
+        return self.vl.prepare_image(image, "bgr", self.p.iss)
+
+    def encode(self, prepared):
+        return self.vl.encode_prepared(prepared)
+
+    def describe(self, encoded):
+        return self.vl.stream(encoded, self.p.prompt, max_new_tokens=self.p.max_new_tokens,
+                              sampling=self.p.sampling, system=self.p.system)
+
+    def cancel(self) -> None:
+        self.vl.cancel()
+
+    def resume(self) -> None:
+        self.vl.resume()
+
+    def enter_thread(self) -> None:
+        self.vl.enter_thread()
+
+    def leave_thread(self) -> None:
+        self.vl.leave_thread()
