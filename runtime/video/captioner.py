@@ -149,8 +149,6 @@ class CaptionStream:
         self.realtime = not slot.lossless  # lossless sources: no frame goes stale, grab at once
         self._out: queue.Queue = queue.Queue(maxsize=queue_events)
         self.error: BaseException | None = None
-        self.current_caption = ""  # the newest caption's text, for overlays
-        self.current_id = 0
         self._done = False
         self._released = False  # the model handed back (resume()) once the model thread has ended
         # cadence state: touched by one thread at a time (the worker, or the model thread when none runs)
@@ -270,7 +268,8 @@ class CaptionStream:
                 job.prep_s += time.perf_counter() - t0
             self._est_prepare = _ema(self._est_prepare, job.prep_s)
             pending: Future | None = None
-            if self._pool is not None:
+            if self._pool is not None and (self._est_describe is not None or not self.realtime):
+                # (a live first caption runs alone: with no estimate, an early grab would be a stale frame)
                 delay = grab_delay(self._est_describe, self._est_prepare) if self.realtime else 0.0
                 pending = self._pool.submit(self._next_job, delay, True)
             t0 = time.perf_counter()
@@ -291,7 +290,7 @@ class CaptionStream:
                 if self.slot.ended:
                     return None
                 continue
-            if frame.clock < self._due:
+            if frame.clock < self._due - 1e-6:  # (the slack absorbs float rounding of index / fps)
                 continue  # too soon after the last captioned frame: dropped
             change, thumb = None, None
             if c.min_change is not None:
@@ -324,7 +323,6 @@ class CaptionStream:
         ev = CaptionEvent(cid, False, f.index, f.wall_ts, f.media_s, r.text, len(r.token_ids), r.finish_reason,
                           enc.preprocess_ms, enc.vision_ms, r.timings.prefill_ms, r.timings.decode_ms,
                           (t_end - f.t_capture) * 1e3, self._take_dropped(f), job.change)
-        self.current_caption, self.current_id = r.text, cid
         self._captions += 1
         self._latencies.append(ev.latency_ms)
         self._t_first = t_end if self._t_first is None else self._t_first

@@ -143,10 +143,11 @@ def run_stream(args, sampling) -> int:
         raise
     printer = None if args.jsonl == "-" else Printer(sys.stdout)
     latest = [None]  # the newest frame, for --show
+    shown = ["", 0]  # the caption drawn on frames and its id; set here as each event is read
 
     def on_frame(frame):  # capture thread, every frame
         if saver is not None:
-            saver.offer(frame.image, stream.current_caption, _header(stream.current_id, frame))
+            saver.offer(frame.image, shown[0], _header(shown[1], frame))
         latest[0] = frame
 
     t0 = time.perf_counter()
@@ -161,13 +162,14 @@ def run_stream(args, sampling) -> int:
                 if stream.done:
                     break
             elif hasattr(item, "repeat"):
+                shown[:] = [item.caption, item.id]
                 if jsonl is not None:
                     jsonl.write(item.as_json())
                 if printer is not None:
                     printer.event(item)
             elif printer is not None:
                 printer.piece(item)
-            if args.show and latest[0] is not None and _show(latest[0], stream):
+            if args.show and latest[0] is not None and _show(latest[0], *shown):
                 break  # q or Esc in the window
     except KeyboardInterrupt:
         interrupted = True
@@ -202,10 +204,10 @@ def _header(cid: int, frame) -> str:
     return f"#{cid}  {clock_text(frame.wall_ts, frame.media_s)}" if cid else clock_text(frame.wall_ts, frame.media_s)
 
 
-def _show(frame, stream) -> bool:
+def _show(frame, caption: str, cid: int) -> bool:
     import cv2
 
     from runtime.video.overlay import draw_caption
 
-    cv2.imshow("Flash-VL", draw_caption(frame.image, stream.current_caption, _header(stream.current_id, frame)))
+    cv2.imshow("Flash-VL", draw_caption(frame.image, caption, _header(cid, frame)))
     return cv2.waitKey(1) & 0xFF in (ord("q"), 27)
