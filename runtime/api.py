@@ -125,11 +125,13 @@ class FlashVL:
 
     @classmethod
     def load(cls, engine_dir: str | Path, threads: int | None = None, max_seq_len: int | None = None,
-             backend: str = "auto", cuda_graphs: bool = True) -> FlashVL:
+             backend: str = "auto", cuda_graphs: bool = True, spinning: bool = True) -> FlashVL:
         """Open an engine folder; raise FlashVLError (one line, with the fix) if anything is off.
 
         backend: "auto" (TensorRT when the folder's plans fit this machine, else ONNX Runtime),
         "trt" or "onnxruntime"; the choice and its reason are in `.backend`.
+        spinning: ONNX Runtime's idle threads spin (fastest for one request at a time); pass False for
+        captions() over a camera, where a capture thread shares the cores.
         """
         engine_dir = Path(engine_dir)
         manifest = load_manifest(engine_dir)
@@ -153,8 +155,9 @@ class FlashVL:
                 owner = TrtEngines(engine_dir, manifest, cuda, max_seq_len, cuda_graphs)
                 vision, decoder = owner.vision, owner.decoder
             else:
-                vision = OrtVision(engine_dir / g.vision.file, g.vision, threads)
-                decoder = OrtDecoder(engine_dir / g.decoder.file, g.decoder, manifest.decoder, threads, max_seq_len)
+                vision = OrtVision(engine_dir / g.vision.file, g.vision, threads, spinning)
+                decoder = OrtDecoder(engine_dir / g.decoder.file, g.decoder, manifest.decoder, threads, max_seq_len,
+                                     spinning=spinning)
         except BaseException:
             held = owner or cuda  # device memory taken before the failure
             if held is not None:
@@ -231,6 +234,13 @@ class FlashVL:
                            pieces=pieces, on_frame=on_frame)
 
     # ------------------------------------------------------------------ threads
+
+    @property
+    def overlaps_by_default(self) -> bool:
+        """Whether the camera loop prepares frame N+1 while decoding N unless told: yes where the model runs
+        on a GPU (the CPU is free); not on an ONNX Runtime CPU, where both halves want the same cores
+        (measured on 2 cores at full size: no more captions/s, 42% more latency; README)."""
+        return self.backend.name == TENSORRT
 
     @property
     def encodes_concurrently(self) -> bool:

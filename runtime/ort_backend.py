@@ -35,10 +35,15 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(floa
               "tensor(int32)": "int32"}
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, spinning: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.inter_op_num_threads = 1
+    if not spinning:
+        # Idle pool threads sleep instead of spinning.  A lone request decodes faster with spinning; the
+        # camera loop, where a capture thread and a second session share the cores, runs faster without
+        # (README, Camera and video streams: measured).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     # Standard int4 graphs (DequantizeLinear -> MatMul) are fused into MatMulNBits at load; level 4
@@ -85,9 +90,9 @@ class Interruptible:
 
 
 class OrtVision(Interruptible):
-    def __init__(self, path: Path, spec: GraphSpec, threads: int | None):
+    def __init__(self, path: Path, spec: GraphSpec, threads: int | None, spinning: bool = True):
         super().__init__()
-        self.session = open_session(path, spec, session_options(threads))
+        self.session = open_session(path, spec, session_options(threads, spinning))
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         # [B, 3, H, W] f32 -> [B, image_tokens, dim] f32
@@ -97,9 +102,9 @@ class OrtVision(Interruptible):
 
 class OrtDecoder(Interruptible):
     def __init__(self, path: Path, spec: GraphSpec, dec: DecoderSpec, threads: int | None,
-                 max_seq_len: int | None = None, batch: int = 1):
+                 max_seq_len: int | None = None, batch: int = 1, spinning: bool = True):
         super().__init__()
-        self.session = open_session(path, spec, session_options(threads))
+        self.session = open_session(path, spec, session_options(threads, spinning))
         self.dec = dec
         self.batch = batch
         self.max_seq_len = min(max_seq_len or dec.max_seq_len, dec.max_seq_len)

@@ -68,8 +68,11 @@ def parse_args(argv):
     st.add_argument("--min-change", type=float, default=None, metavar="X",
                     help="skip frames that differ from the last captioned one by less than X (mean difference of "
                          "32x32 gray thumbnails, 0..1; try 0.02) and re-report that caption's id instead")
-    st.add_argument("--no-overlap", action="store_true",
-                    help="caption strictly one frame at a time instead of preparing frame N+1 while decoding N")
+    st.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
+                    help="prepare frame N+1 while decoding N: auto (default) = on for TensorRT, off for ONNX "
+                         "Runtime on the CPU, where both halves compete for the same cores")
+    st.add_argument("--max-captions", type=int, default=None, metavar="N",
+                    help="stop after N captions (default: until the source ends or Ctrl-C)")
     st.add_argument("--jsonl", metavar="FILE", help="write one JSON object per caption to FILE, or - for stdout")
     st.add_argument("--save", metavar="OUT.mp4", help="write the video with the current caption drawn on it "
                                                       "(.mp4, .avi or .mkv)")
@@ -95,7 +98,8 @@ def main(argv=None) -> int:
         streaming = any(x is not None for x in (args.camera, args.video, args.url, args.gst))
         stream_flags = [f for f, on in (("--loop", args.loop), ("--no-realtime", args.no_realtime),
                                         ("--interval", args.interval != 0.0), ("--min-change", args.min_change is not None),
-                                        ("--no-overlap", args.no_overlap), ("--jsonl", args.jsonl),
+                                        ("--overlap", args.overlap != "auto"), ("--jsonl", args.jsonl),
+                                        ("--max-captions", args.max_captions is not None),
                                         ("--save", args.save), ("--show", args.show)) if on]
         if streaming and (args.image is not None or args.json):
             raise FlashVLError(f"{'--image' if args.image is not None else '--json'} is for one image; a stream "

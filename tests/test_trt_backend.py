@@ -322,3 +322,25 @@ def test_cli_json_equal_across_backends(planned, monkeypatch, capsys):
     out = capsys.readouterr()
     assert json.loads(out.out)["token_ids"] == want["token_ids"]
     assert "backend: tensorrt" in out.err
+
+
+def test_camera_loop_on_tensorrt_says_what_onnxruntime_says(planned, monkeypatch, test_images):
+    """The caption loop over the TensorRT backend: the GPU is made current on the model thread, vision
+    runs there between captions (one stream), and the captions equal ONNX Runtime's."""
+    import cv2
+
+    from runtime.video import PromptConfig
+
+    frames = [cv2.imread(str(IMAGES[0])), cv2.imread(str(test_images["scene"])), cv2.imread(str(IMAGES[0]))]
+    prompt = PromptConfig(max_new_tokens=12)
+    with FlashVL.load(planned, backend="onnxruntime") as vl:
+        assert vl.encodes_concurrently
+        with vl.captions(frames, prompt, realtime=False) as events:
+            want = [e.caption for e in events]
+    trt_standin.install(monkeypatch)
+    with FlashVL.load(planned, backend="trt") as vl:
+        assert not vl.encodes_concurrently
+        with vl.captions(frames, prompt, realtime=False) as events:
+            got = [e.caption for e in events]
+        assert vl._owner.cuda.threads_entered == 1  # the model thread, once
+    assert got == want and len(got) == 3

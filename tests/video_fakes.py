@@ -53,6 +53,7 @@ class FakeModel:
     def __init__(self, encode_s: float = 0.0, describe_s: float = 0.0, encodes_concurrently: bool = True):
         self.encode_s, self.describe_s = encode_s, describe_s
         self.encodes_concurrently = encodes_concurrently
+        self.overlaps_by_default = True  # as if its vision ran on its own device
         self.calls: list[tuple[str, float, float, str]] = []  # (what, start, end, thread name)
         self.cancelled = threading.Event()
         self.resumed = 0

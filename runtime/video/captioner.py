@@ -22,8 +22,9 @@ with `min_change`, when it differs from the last captioned frame by at least tha
 max(interval, the last caption's duration): as often as the model would have captioned it.
 
 Overlap: frame N+1 is grabbed `grab_delay()` after caption N starts, so its preparation ends
-as caption N does and it is as fresh as a serial loop's would be; the model never waits for
-a frame and the frame never waits for the model.
+as caption N does and it is as fresh as a serial loop's would be.  It pays where preparing and
+encoding run beside the decoder on idle hardware (TensorRT: the CPU prepares while the GPU
+decodes), so that is the default there; on a CPU both halves want the same cores.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ _POLL_S = 0.1  # how often blocked waits look at the stop flag
 class Cadence:
     interval: float = 0.0  # seconds between captioned frames at least (0: as fast as the model goes)
     min_change: float | None = None  # None: caption every due frame; else the scene_change() it needs
-    overlap: bool = True  # prepare (and encode) frame N+1 while decoding frame N
+    overlap: bool | None = None  # prepare (and encode) frame N+1 while decoding N; None: the model's default
 
     def __post_init__(self):
         if not self.interval >= 0:  # also refuses NaN
@@ -164,7 +165,8 @@ class CaptionStream:
         self._captions = self._repeats = self._dropped = 0
         self._latencies: deque[float] = deque(maxlen=10_000)
         self._t_first = self._t_last = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="flashvl-prepare") if cadence.overlap else None
+        overlap = model.overlaps_by_default if cadence.overlap is None else cadence.overlap
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="flashvl-prepare") if overlap else None
         self._thread = threading.Thread(target=self._run, name="flashvl-model", daemon=True)
         if capture is not None:
             capture.start()

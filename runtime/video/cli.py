@@ -102,7 +102,7 @@ class Printer:
 
 def summary_line(st, seconds: float) -> str:
     s = st.source
-    rate = "n/a" if st.captions_per_s is None else f"{st.captions_per_s:.2f}"
+    rate = "n/a" if st.captions_per_s is None else f"{st.captions_per_s:.3g}"
     lat = ("n/a" if st.latency_ms_p50 is None else
            f"p50 {st.latency_ms_p50:.0f} ms, p90 {st.latency_ms_p90:.0f} ms")
     outages = f", {s.outages} outages ({s.outage_s:.1f} s)" if s.outages else ""
@@ -121,9 +121,11 @@ def run_stream(args, sampling) -> int:
     from runtime.video.sources import FrameReader
 
     source = source_from_args(args)
-    cadence = Cadence(args.interval, args.min_change, overlap=not args.no_overlap)
+    cadence = Cadence(args.interval, args.min_change, overlap={"auto": None, "on": True, "off": False}[args.overlap])
     prompt = PromptConfig(args.prompt, args.max_new_tokens or STREAM_MAX_NEW_TOKENS, sampling, args.system,
                           iss=not args.no_iss)
+    if args.max_captions is not None and args.max_captions < 1:
+        raise FlashVLError(f"--max-captions must be at least 1, got {args.max_captions}")
     if args.show:
         check_display()
     realtime = not args.no_realtime
@@ -135,7 +137,7 @@ def run_stream(args, sampling) -> int:
         if args.save:
             saver = VideoSaver(args.save, reader.stats.fps, lossless=not realtime, queue_frames=16)
         vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
-                          cuda_graphs=not args.no_cuda_graphs)
+                          cuda_graphs=not args.no_cuda_graphs, spinning=False)  # see FlashVL.load
     except BaseException:
         for thing in (reader, jsonl):
             if thing is not None:
@@ -167,6 +169,8 @@ def run_stream(args, sampling) -> int:
                     jsonl.write(item.as_json())
                 if printer is not None:
                     printer.event(item)
+                if not item.repeat and item.id == args.max_captions:
+                    break
             elif printer is not None:
                 printer.piece(item)
             if args.show and latest[0] is not None and _show(latest[0], *shown):

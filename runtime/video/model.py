@@ -4,6 +4,7 @@
     encode(prepared)              -> encoded    the vision graph
     describe(encoded)             -> Generation iterate for text pieces; `.result` once exhausted
     encodes_concurrently          encode() may run on one thread while describe() runs on another
+    overlaps_by_default           whether Cadence(overlap=None) prepares frame N+1 during caption N
     cancel() / resume()           stop a graph call in flight from another thread / allow calls again
     enter_thread() / leave_thread()  bracket a thread that calls the model (TensorRT: the GPU context)
 
@@ -33,6 +34,7 @@ class FlashVLModel:
     def __init__(self, vl, prompt: PromptConfig):
         self.vl, self.p = vl, prompt
         self.encodes_concurrently = vl.encodes_concurrently
+        self.overlaps_by_default = vl.overlaps_by_default
 
     def prepare(self, image):
         return self.vl.prepare_image(image, "bgr", self.p.iss)
