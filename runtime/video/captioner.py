@@ -108,7 +108,7 @@ class StreamStats:
     frames: int  # delivered by the source
     captions: int
     repeats: int
-    dropped: int  # delivered but never captioned nor re-reported
+    dropped: int  # delivered but never captioned nor re-reported (once ended: every frame after the last event too)
     captions_per_s: float | None  # between the first and the last caption
     latency_ms_p50: float | None  # capture -> last token, over the last 10,000 captions
     latency_ms_p90: float | None
@@ -230,8 +230,11 @@ class CaptionStream:
         rate = None
         if self._captions >= 2 and self._t_last > self._t_first:
             rate = (self._captions - 1) / (self._t_last - self._t_first)
-        return StreamStats(self.source_stats.frames, self._captions, self._repeats, self._dropped, rate,
-                           pct(0.5), pct(0.9), self.source_stats)
+        frames = self.source_stats.frames
+        ended = not self._thread.is_alive()
+        dropped = max(self._dropped, frames - self._captions - self._repeats) if ended else self._dropped
+        return StreamStats(frames, self._captions, self._repeats, dropped, rate, pct(0.5), pct(0.9),
+                           self.source_stats)
 
     def _finish(self) -> None:
         if self._pool is not None:
