@@ -22,7 +22,7 @@ from export.build import WeightSource, export_engine
 from export.presets import get_preset
 from export.reference import run as reference_run
 from export.tokenizer import build_chatml_tokenizer
-from export.weights import CheckpointArgs, CheckpointError
+from export.weights import CheckpointArgs
 from runtime import FlashVL
 from runtime.image import load_image, preprocess
 from tests.conftest import assert_one_line_error, run_cli

@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from calib.calibrate import DEFAULT_IMAGES, CalibConfig
+from calib.calibrate import DEFAULT_IMAGES
 from calib.report import compare
 from export.precision import dequantize, plan_from_args, quantize_symmetric
 from export.trt_lint import lint_file
