@@ -81,10 +81,11 @@ class Interruptible:
         self.run_options = ort.RunOptions()
 
     def guarded(self, call):
+        opts = self.run_options  # the one this call runs with, even if resume() swaps it meanwhile
         try:
-            return call(self.run_options)
+            return call(opts)
         except Exception:
-            if self.run_options.terminate:
+            if opts.terminate:
                 raise Cancelled("cancelled") from None
             raise
 

@@ -67,7 +67,7 @@ def parse_args(argv):
                     help="caption at most every S seconds (default 0: as fast as the model allows)")
     st.add_argument("--min-change", type=float, default=None, metavar="X",
                     help="skip frames that differ from the last captioned one by less than X (mean difference of "
-                         "32x32 gray thumbnails, 0..1; try 0.02) and re-report that caption's id instead")
+                         "32x32 colour thumbnails, 0..1; try 0.01) and re-report that caption's id instead")
     st.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
                     help="prepare frame N+1 while decoding N: auto (default) = on for TensorRT, off for ONNX "
                          "Runtime on the CPU, where both halves compete for the same cores")

@@ -267,3 +267,46 @@ def test_frame_feed_with_the_tiny_engine(tiny_engine, test_images):
     assert events[0].caption == vl.generate(frame, "Describe the image.", max_new_tokens=6).text
     with pytest.raises(FlashVLError, match="FrameFeed.push: expected an H x W x 3 BGR frame"):
         feed.push(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_a_failing_thread_setup_ends_the_stream_with_its_error():
+    class NoGpu(FakeModel):
+        def enter_thread(self):
+            raise RuntimeError("cudaSetDevice failed")
+
+    stream = open_stream(NoGpu(), gray_frames(range(100)), Cadence(), realtime=False)
+    with pytest.raises(RuntimeError, match="cudaSetDevice"):
+        list(stream)
+    assert stream.done and stream.capture.stop.is_set()
+
+
+def test_nothing_of_the_loop_runs_after_stop_returns():
+    """stop() while caption N is described and frame N+1 is being encoded beside it: when stop() returns,
+    no call of the loop is left running, and the model is handed back (resumed) exactly once."""
+    model = FakeModel(encode_s=0.4, describe_s=5)
+    stream = open_stream(model, gray_frames(range(10)), Cadence(overlap=True), realtime=False)
+    deadline = time.perf_counter() + 10
+    while model.started.count("encode") < 2 and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert model.started.count("encode") == 2  # frame 2's encode runs beside frame 1's caption
+    stream.stop()
+    started = len(model.started)
+    time.sleep(0.6)
+    assert len(model.started) == started and model.resumed == 1
+    assert not any(t.name.startswith(("flashvl-model", "flashvl-prepare")) for t in threading.enumerate())
+
+
+def test_a_model_error_stops_capture_and_a_lossless_feed_does_not_block():
+    class Broken(FakeModel):
+        def encode(self, prepared):
+            raise RuntimeError("vision graph exploded")
+
+    feed = FrameFeed(lossless=True)
+    stream = open_stream(Broken(), feed, Cadence(), realtime=False)
+    feed.push(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(RuntimeError, match="exploded"):
+        list(stream)
+    pusher = threading.Thread(target=lambda: [feed.push(np.zeros((8, 8, 3), np.uint8)) for _ in range(3)])
+    pusher.start()
+    pusher.join(2)
+    assert not pusher.is_alive(), "push() blocked on a loop that had ended"

@@ -231,3 +231,21 @@ def test_stream_mistakes_are_one_line_errors(tiny_engine, tmp_path, args, needle
             pass
     proc = run_cli(*stream_cli(tiny_engine, *args), timeout=60)
     assert_one_line_error(proc, *needles)
+
+
+def test_jsonl_to_a_closed_pipe_ends_quietly(tiny_engine, tmp_path):
+    """`... --jsonl - | head -1`: the reader goes away; the run ends without a traceback."""
+    clip = write_video(tmp_path / "clip.avi", "MJPG", (64, 48), 10, 10)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, *stream_cli(tiny_engine, "--video", clip, "--loop", "--no-realtime",
+                                                         "--max-new-tokens", 2, "--jsonl", "-")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        check_record(json.loads(proc.stdout.readline()))
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        proc.wait(60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr and "stream:" in stderr

@@ -45,7 +45,6 @@ from runtime.video.frame import Frame, SourceStats
 log = logging.getLogger(__name__)
 
 JSONL_VERSION = 1
-_END = object()
 _POLL_S = 0.1  # how often blocked waits look at the stop flag
 
 
@@ -56,8 +55,8 @@ class Cadence:
     overlap: bool | None = None  # prepare (and encode) frame N+1 while decoding N; None: the model's default
 
     def __post_init__(self):
-        if not self.interval >= 0:  # also refuses NaN
-            raise FlashVLError(f"--interval must be 0 or more seconds, got {self.interval}")
+        if not 0 <= self.interval < float("inf"):  # also refuses NaN
+            raise FlashVLError(f"--interval must be 0 or more seconds (finite), got {self.interval}")
         if self.min_change is not None and not 0 < self.min_change <= 1:
             raise FlashVLError(f"--min-change must be in (0, 1] (the mean thumbnail difference, see "
                                f"runtime/video/change.py; try 0.02), got {self.min_change}")
@@ -150,9 +149,12 @@ class CaptionStream:
         self.realtime = not slot.lossless  # lossless sources: no frame goes stale, grab at once
         self._out: queue.Queue = queue.Queue(maxsize=queue_events)
         self.error: BaseException | None = None
-        self._done = False
-        self._released = False  # the model handed back (resume()) once the model thread has ended
-        # cadence state: touched by one thread at a time (the worker, or the model thread when none runs)
+        self._done = False  # the consumer has read everything
+        self._lock = threading.Lock()  # orders stop()'s cancel() before the model thread's resume()
+        self._ended = False  # the model thread has finished (and waited for its worker)
+        self._cancel_sent = False
+        # cadence state: used by one thread at a time (the worker, or the model thread when none runs);
+        # _last_caption_s is written by the model thread while the worker may read it: either value is fine
         self._due = float("-inf")
         self._ref = None  # thumbnail of the last captioned frame
         self._last_caption_s = 0.0
@@ -178,29 +180,29 @@ class CaptionStream:
         return self
 
     def __next__(self):
-        while True:
-            item = self.get(_POLL_S)
-            if item is not None:
-                return item
-            if self._done:
-                raise StopIteration
+        item = self.get(None)
+        if item is None:
+            raise StopIteration
+        return item
 
     def get(self, timeout: float | None = None):
-        """The next event or piece; None if none came within `timeout` (see `done`). Raises what the
-        loop raised (a source or model error) once the events before it are read."""
-        if self._done:
-            return None
-        try:
-            item = self._out.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if item is _END:
-            self._done = True
-            self._finish()
-            if self.error is not None:
-                raise self.error
-            return None
-        return item
+        """The next event or piece; None if none came within `timeout` seconds (None: until one comes
+        or the stream is done, see `done`).  Raises what the loop raised (a source or model error)
+        once the events before it are read."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._done:
+            wait = _POLL_S if deadline is None else max(0.0, min(_POLL_S, deadline - time.monotonic()))
+            try:
+                return self._out.get(timeout=wait)
+            except queue.Empty:
+                pass
+            if self._ended and self._out.empty():
+                self._done = True
+                if self.error is not None:
+                    raise self.error
+            elif deadline is not None and time.monotonic() >= deadline:
+                return None
+        return None
 
     @property
     def done(self) -> bool:
@@ -208,15 +210,15 @@ class CaptionStream:
 
     def stop(self, timeout: float = 1.0) -> None:
         """End the loop within about a second: cancel the graph call in flight, drop the frame being
-        captioned, leave every event already emitted readable."""
-        if self._released:
-            return  # ended and handed the model back already
+        captioned, leave every event already emitted readable with get().  The model thread hands the
+        model back (resume()) as it ends, so the FlashVL object serves requests again."""
         self.stop_event.set()
-        if self._thread.is_alive():
-            self.model.cancel()
+        with self._lock:
+            if not self._ended and not self._cancel_sent:
+                self._cancel_sent = True
+                self.model.cancel()
         self.slot.close()
         self._thread.join(timeout)
-        self._finish()
 
     def __enter__(self) -> CaptionStream:
         return self
@@ -231,23 +233,17 @@ class CaptionStream:
         if self._captions >= 2 and self._t_last > self._t_first:
             rate = (self._captions - 1) / (self._t_last - self._t_first)
         frames = self.source_stats.frames
-        ended = not self._thread.is_alive()
-        dropped = max(self._dropped, frames - self._captions - self._repeats) if ended else self._dropped
+        dropped = max(self._dropped, frames - self._captions - self._repeats) if self._ended else self._dropped
         return StreamStats(frames, self._captions, self._repeats, dropped, rate, pct(0.5), pct(0.9),
                            self.source_stats)
-
-    def _finish(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        if not self._thread.is_alive() and not self._released:
-            self._released = True
-            self.model.resume()  # the model is the caller's again (no call of ours can be in flight)
 
     # ------------------------------------------------------------------ model thread
 
     def _run(self) -> None:
-        self.model.enter_thread()
+        entered = False
         try:
+            self.model.enter_thread()
+            entered = True
             self._loop()
         except Cancelled:
             pass  # stop() interrupted a graph call
@@ -255,10 +251,18 @@ class CaptionStream:
             if not self.stop_event.is_set():
                 self.error = e
         finally:
+            self.stop_event.set()  # an error ends capture too (a camera must not stay open behind it)
+            self.slot.close()
+            if self._pool is not None:  # no prepare or encode of ours may outlive this thread
+                self._pool.shutdown(wait=True, cancel_futures=True)
             if self.capture is not None and self.capture.error is not None and self.error is None:
                 self.error = self.capture.error
-            self.model.leave_thread()
-            self._emit(_END, force=True)
+            if entered:
+                self.model.leave_thread()
+            with self._lock:
+                self._ended = True
+                if self._cancel_sent:
+                    self.model.resume()  # the model is the caller's again: no call of ours is in flight
 
     def _loop(self) -> None:
         job = self._next_job(0.0, in_worker=False)
@@ -308,6 +312,8 @@ class CaptionStream:
             self._ref, self._due = thumb, frame.clock + c.interval
             t0 = time.perf_counter()
             job = _Job(frame, prepared=self.model.prepare(frame.image), change=change)
+            if self.stop_event.is_set():
+                return None
             if not in_worker or self.model.encodes_concurrently:
                 job.encoded = self.model.encode(job.prepared)
             job.prep_s = time.perf_counter() - t0
@@ -350,20 +356,15 @@ class CaptionStream:
         self._dropped += dropped
         return dropped
 
-    def _emit(self, item, force: bool = False) -> None:
-        """Queue for the consumer; waits while the consumer lags (frames are dropped upstream meanwhile)."""
+    def _emit(self, item) -> None:
+        """Queue for the consumer; waits while the consumer lags (frames are dropped upstream meanwhile),
+        gives up once stopped (the consumer is not reading any more)."""
         while True:
             try:
                 self._out.put(item, timeout=_POLL_S)
                 return
             except queue.Full:
                 if self.stop_event.is_set():
-                    if force:  # the end marker must get through: make room by dropping the oldest
-                        try:
-                            self._out.get_nowait()
-                        except queue.Empty:
-                            pass
-                        continue
                     return
 
 
@@ -385,6 +386,10 @@ def open_stream(model, source, cadence: Cadence, *, realtime: bool = True, piece
     from runtime.video.sources import FrameReader
 
     if isinstance(source, FrameFeed):
+        if not realtime and not source.slot.lossless:
+            raise FlashVLError("realtime=False with a FrameFeed: make the feed FrameFeed(lossless=True), whose "
+                               "push() waits for the loop instead")
+        source.on_frame = on_frame
         return CaptionStream(model, source.slot, cadence, source_stats=source.stats, pieces=pieces)
     if isinstance(source, VideoSource):
         if source.live and not realtime:

@@ -146,6 +146,7 @@ class FrameFeed:
     def __init__(self, lossless: bool = False):
         self.slot = FrameSlot(lossless)
         self.stats = SourceStats()
+        self.on_frame: Callable[[Frame], None] | None = None  # set by captions(on_frame=...), runs in push()
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -155,8 +156,11 @@ class FrameFeed:
         with self._lock:
             seq, self._seq = self._seq, self._seq + 1
             self.stats.frames += 1
-        self.slot.put(Frame(frame_image, seq, seq, time.perf_counter(), time.time(),
-                            None if timestamp is None else float(timestamp)))
+        frame = Frame(frame_image, seq, seq, time.perf_counter(), time.time(),
+                      None if timestamp is None else float(timestamp))
+        if self.on_frame is not None:
+            self.on_frame(frame)
+        self.slot.put(frame)
 
     def close(self) -> None:
         self.slot.close()

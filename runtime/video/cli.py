@@ -4,7 +4,8 @@
     python -m runtime.run --engine engines/tiny --camera 0 --interval 2 --min-change 0.03 --jsonl captions.jsonl
     python -m runtime.run --engine engines/tiny --video clip.mp4 --no-realtime --jsonl - --save captioned.mp4
 
-Captions stream to stdout as they are decoded (one line each, `#id frame N (time): text`), or with
+Captions stream to stdout as they are decoded (one line each, `#id frame N: text`, or
+`#id frame N (time): unchanged (change X)` for a scene the change gate skipped), or with
 `--jsonl -` stdout carries only JSON Lines.  The backend line and a summary (captions/s,
 capture-to-caption latency, frames dropped/corrupt, outages) go to stderr at the end.  Ctrl-C
 stops within a second; every caption finished by then is written and the --save video is
@@ -68,14 +69,14 @@ def clock_text(ts: float, media_s: float | None) -> str:
 
 
 class Printer:
-    """Captions on stdout as they are decoded: `#id frame N (time): text`, one line each."""
+    """Captions on stdout as they are decoded: `#id frame N: text`, one line each."""
 
     def __init__(self, out):
         self.out, self.open_id = out, None
 
     def piece(self, p) -> None:
         if self.open_id != p.id:
-            self._end_line()
+            self.end_line()
             self.out.write(f"#{p.id} frame {p.frame}: ")
             self.open_id = p.id
         self.out.write(p.text)
@@ -83,18 +84,18 @@ class Printer:
 
     def event(self, ev) -> None:
         if ev.repeat:
-            self._end_line()
+            self.end_line()
             self.out.write(f"#{ev.id} frame {ev.frame} ({clock_text(ev.capture_ts, ev.media_s)}): unchanged "
                            f"(change {ev.change:.4f})\n")
         elif self.open_id != ev.id:  # no pieces came (an empty caption)
-            self._end_line()
+            self.end_line()
             self.out.write(f"#{ev.id} frame {ev.frame}: {ev.caption}\n")
         else:
             self.out.write("\n")
             self.open_id = None
         self.out.flush()
 
-    def _end_line(self) -> None:
+    def end_line(self) -> None:
         if self.open_id is not None:
             self.out.write("\n")
             self.open_id = None
@@ -139,18 +140,35 @@ def run_stream(args, sampling) -> int:
         vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
                           cuda_graphs=not args.no_cuda_graphs, spinning=False)  # see FlashVL.load
     except BaseException:
-        for thing in (reader, jsonl):
-            if thing is not None:
-                thing.close()
+        _close_all(saver, reader, jsonl)
         raise
     printer = None if args.jsonl == "-" else Printer(sys.stdout)
     latest = [None]  # the newest frame, for --show
     shown = ["", 0]  # the caption drawn on frames and its id; set here as each event is read
+    captions = 0
 
     def on_frame(frame):  # capture thread, every frame
         if saver is not None:
             saver.offer(frame.image, shown[0], _header(shown[1], frame))
         latest[0] = frame
+
+    def handle(item) -> None:
+        nonlocal captions
+        if hasattr(item, "repeat"):
+            shown[:] = [item.caption, item.id]
+            captions += not item.repeat
+            if jsonl is not None:
+                try:
+                    jsonl.write(item.as_json())
+                except OSError as e:
+                    if args.jsonl == "-":
+                        raise
+                    raise FlashVLError(f"--jsonl {args.jsonl}: cannot write ({e.strerror or e}); free some space "
+                                       f"or write somewhere else") from None
+            if printer is not None:
+                printer.event(item)
+        elif printer is not None:
+            printer.piece(item)
 
     t0 = time.perf_counter()
     interrupted = False
@@ -158,40 +176,30 @@ def run_stream(args, sampling) -> int:
     try:
         stream = vl.captions(reader, prompt, cadence, realtime=realtime, pieces=printer is not None,
                              on_frame=on_frame)
-        while True:
+        while not stream.done and captions != args.max_captions:
             item = stream.get(0.03 if args.show else 0.2)
-            if item is None:
-                if stream.done:
-                    break
-            elif hasattr(item, "repeat"):
-                shown[:] = [item.caption, item.id]
-                if jsonl is not None:
-                    jsonl.write(item.as_json())
-                if printer is not None:
-                    printer.event(item)
-                if not item.repeat and item.id == args.max_captions:
-                    break
-            elif printer is not None:
-                printer.piece(item)
+            if item is not None:
+                handle(item)
             if args.show and latest[0] is not None and _show(latest[0], *shown):
                 break  # q or Esc in the window
     except KeyboardInterrupt:
         interrupted = True
+    except BrokenPipeError:  # `... --jsonl - | head`: the reader has gone, so end as if the source had
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the flush short
         try:
-            if stream is not None:
-                stream.stop()
-            else:
+            if stream is None:
                 reader.close()
+            else:
+                stream.stop()
+                while captions != args.max_captions and (item := _next_quietly(stream)) is not None:
+                    handle(item)  # what the loop finished before it stopped
             if printer is not None:
-                printer._end_line()
-            for thing in (saver, jsonl):
-                if thing is not None:
-                    thing.close()
+                printer.end_line()
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            vl.close()
+            _close_all(saver, jsonl, vl)
     print(vl.backend.line(), file=sys.stderr)
     if stream is not None:
         print(summary_line(stream.stats(), time.perf_counter() - t0), file=sys.stderr)
@@ -202,6 +210,28 @@ def run_stream(args, sampling) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _next_quietly(stream):
+    """An event left in a stopped stream, or None; an error it ends with was (or will be) raised already."""
+    try:
+        return stream.get(0)
+    except Exception:
+        return None
+
+
+def _close_all(*things) -> None:
+    """Close each (None skipped) even if one fails; then raise the first failure."""
+    first = None
+    for thing in things:
+        if thing is None:
+            continue
+        try:
+            thing.close()
+        except Exception as e:
+            first = first or e
+    if first is not None:
+        raise first
 
 
 def _header(cid: int, frame) -> str:
