@@ -140,7 +140,10 @@ def run_stream(args, sampling) -> int:
         vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
                           cuda_graphs=not args.no_cuda_graphs, spinning=False)  # see FlashVL.load
     except BaseException:
-        _close_all(saver, reader, jsonl)
+        try:
+            _close_all(saver, reader, jsonl)
+        except Exception:
+            pass  # the failure being raised is the one to report
         raise
     printer = None if args.jsonl == "-" else Printer(sys.stdout)
     latest = [None]  # the newest frame, for --show
