@@ -1,6 +1,7 @@
 """Flash-VL edge runtime: NumPy + OpenCV + tokenizers + ONNX Runtime, never PyTorch.
 
-Public API: `FlashVL`, `Result`, `SamplingConfig`, `FlashVLError` (see runtime.api).
+Public API: `FlashVL`, `Result`, `SamplingConfig`, `FlashVLError` (see runtime.api); camera and video
+streams: `FlashVL.captions()` with the sources and configs of runtime.video.
 """
 
 from runtime.errors import FlashVLError
