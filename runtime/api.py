@@ -206,10 +206,16 @@ class FlashVL:
     def encode_image(self, image, channels: str = "bgr", timings: Timings | None = None,
                      iss: bool = True) -> tuple[np.ndarray, TileLayout | None]:
         """image -> ([1, image_tokens, dim] embeddings, the tile layout or None for a static model)."""
-        enc = self.encode_prepared(self.prepare_image(image, channels, iss))
+        enc = self._encoded(image, channels, iss)
         if timings is not None:
             timings.preprocess_ms, timings.vision_ms = enc.preprocess_ms, enc.vision_ms
         return enc.embeds, enc.layout
+
+    def _encoded(self, image, channels: str, iss: bool) -> EncodedImage:
+        """Any image, or one encoded ahead (returned as it is) -> EncodedImage."""
+        if isinstance(image, EncodedImage):
+            return image
+        return self.encode_prepared(self.prepare_image(image, channels, iss))
 
     # ------------------------------------------------------------------ video
 
@@ -228,8 +234,6 @@ class FlashVL:
         """
         if isinstance(prompt, str):
             prompt = PromptConfig(prompt)
-        if prompt.max_new_tokens < 1:
-            raise FlashVLError(f"max_new_tokens must be at least 1, got {prompt.max_new_tokens}")
         return open_stream(FlashVLModel(self, prompt), source, cadence or Cadence(), realtime=realtime,
                            pieces=pieces, on_frame=on_frame)
 
@@ -274,8 +278,7 @@ class FlashVL:
         state = LoopState(timings=Timings(), t_start=time.perf_counter())
         embeds, layout = None, None
         if image is not None:
-            enc = image if isinstance(image, EncodedImage) else self.encode_prepared(
-                self.prepare_image(image, channels, iss))
+            enc = self._encoded(image, channels, iss)
             embeds, layout = enc.embeds, enc.layout
             state.timings.preprocess_ms, state.timings.vision_ms = enc.preprocess_ms, enc.vision_ms
         image_tokens = 0 if embeds is None else embeds.shape[1]

@@ -24,6 +24,8 @@ from pathlib import Path
 from runtime.errors import FlashVLError
 
 DEFAULT_PROMPT = "Describe the image."
+SOURCES = ("camera", "video", "url", "gst")
+IMAGE_MAX_NEW_TOKENS = 128  # one image; a stream's captions default to runtime.video.model's 48
 
 
 def parse_args(argv):
@@ -34,8 +36,8 @@ def parse_args(argv):
                                     "omit for text only")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"question or instruction (default: {DEFAULT_PROMPT!r})")
     ap.add_argument("--system", default=None, help="system prompt (default: the manifest's; '' for none)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="default 128 for an image, 48 per caption "
-                                                                      "for a stream")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help=f"default {IMAGE_MAX_NEW_TOKENS} for an image, "
+                                                                      f"48 per caption for a stream")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     ap.add_argument("--top-k", type=int, default=0, help="0 = off")
     ap.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -59,27 +61,35 @@ def parse_args(argv):
     src.add_argument("--url", metavar="URL", help="a live stream: rtsp://..., http://... (reconnected when it drops)")
     src.add_argument("--gst", metavar="PIPELINE", help="a GStreamer pipeline ending in appsink (Jetson CSI camera: "
                                                        "see the README); needs an OpenCV built with GStreamer")
-    st.add_argument("--loop", action="store_true", help="--video: start again at the end")
-    st.add_argument("--no-realtime", action="store_true",
-                    help="--video: offer every frame in order as fast as the model goes (nothing dropped; "
-                         "--interval counts media time) instead of playing it like a camera")
-    st.add_argument("--interval", type=float, default=0.0, metavar="S",
-                    help="caption at most every S seconds (default 0: as fast as the model allows)")
-    st.add_argument("--min-change", type=float, default=None, metavar="X",
-                    help="skip frames that differ from the last captioned one by less than X (mean difference of "
-                         "32x32 colour thumbnails, 0..1; try 0.01) and re-report that caption's id instead")
-    st.add_argument("--overlap", choices=("auto", "on", "off"), default="auto",
-                    help="prepare frame N+1 while decoding N: auto (default) = on for TensorRT, off for ONNX "
-                         "Runtime on the CPU, where both halves compete for the same cores")
-    st.add_argument("--max-captions", type=int, default=None, metavar="N",
-                    help="stop after N captions (default: until the source ends or Ctrl-C)")
-    st.add_argument("--jsonl", metavar="FILE", help="write one JSON object per caption to FILE, or - for stdout")
-    st.add_argument("--save", metavar="OUT.mp4", help="write the video with the current caption drawn on it "
-                                                      "(.mp4, .avi or .mkv)")
-    st.add_argument("--show", action="store_true", help="show the captioned video in a window (needs a display "
-                                                        "and an OpenCV with a GUI)")
+    stream_options = []  # the stream options; each means nothing without a source
+
+    def opt(*names, **kw):
+        stream_options.append(st.add_argument(*names, **kw))
+
+    opt("--loop", action="store_true", help="--video: start again at the end")
+    opt("--no-realtime", action="store_true",
+        help="--video: offer every frame in order as fast as the model goes (nothing dropped; "
+        "--interval counts media time) instead of playing it like a camera")
+    opt("--interval", type=float, default=0.0, metavar="S",
+        help="caption at most every S seconds (default 0: as fast as the model allows)")
+    opt("--min-change", type=float, default=None, metavar="X",
+        help="skip frames that differ from the last captioned one by less than X (mean difference of "
+        "32x32 colour thumbnails, 0..1; try 0.01) and re-report that caption's id instead")
+    opt("--overlap", choices=("auto", "on", "off"), default="auto",
+        help="prepare frame N+1 while decoding N: auto (default) = on for TensorRT, off for ONNX "
+        "Runtime on the CPU, where both halves compete for the same cores")
+    opt("--max-captions", type=int, default=None, metavar="N",
+        help="stop after N captions (default: until the source ends or Ctrl-C)")
+    opt("--jsonl", metavar="FILE", help="write one JSON object per caption to FILE, or - for stdout")
+    opt("--save", metavar="OUT.mp4", help="write the video with the current caption drawn on it "
+        "(.mp4, .avi or .mkv)")
+    opt("--show", action="store_true", help="show the captioned video in a window (needs a display "
+        "and an OpenCV with a GUI)")
     ap.add_argument("-v", "--verbose", action="store_true")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    # the stream options set away from their defaults, for the "needs a source" error
+    args.stream_flags = [a.option_strings[0] for a in stream_options if getattr(args, a.dest) != a.default]
+    return args
 
 
 def main(argv=None) -> int:
@@ -95,17 +105,12 @@ def main(argv=None) -> int:
             raise FlashVLError(f"--threads must be at least 1, got {args.threads}")
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                   repetition_penalty=args.repetition_penalty, seed=args.seed)
-        streaming = any(x is not None for x in (args.camera, args.video, args.url, args.gst))
-        stream_flags = [f for f, on in (("--loop", args.loop), ("--no-realtime", args.no_realtime),
-                                        ("--interval", args.interval != 0.0), ("--min-change", args.min_change is not None),
-                                        ("--overlap", args.overlap != "auto"), ("--jsonl", args.jsonl),
-                                        ("--max-captions", args.max_captions is not None),
-                                        ("--save", args.save), ("--show", args.show)) if on]
+        streaming = any(getattr(args, name) is not None for name in SOURCES)
         if streaming and (args.image is not None or args.json):
             raise FlashVLError(f"{'--image' if args.image is not None else '--json'} is for one image; a stream "
                                f"(--camera/--video/--url/--gst) writes JSON Lines with --jsonl FILE|-")
-        if not streaming and stream_flags:
-            raise FlashVLError(f"{stream_flags[0]} applies to a stream; add --camera N, --video PATH, --url URL "
+        if not streaming and args.stream_flags:
+            raise FlashVLError(f"{args.stream_flags[0]} applies to a stream; add --camera N, --video PATH, --url URL "
                                f"or --gst PIPELINE")
         if streaming:
             from runtime.video.cli import run_stream
@@ -118,8 +123,8 @@ def main(argv=None) -> int:
                 raise FlashVLError("--image -: stdin is empty; pipe an image file in, e.g. `< photo.jpg`")
         vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
                           cuda_graphs=not args.no_cuda_graphs)
-        gen = vl.stream(image, args.prompt, max_new_tokens=args.max_new_tokens or 128, sampling=sampling,
-                        system=args.system, iss=not args.no_iss)
+        gen = vl.stream(image, args.prompt, max_new_tokens=args.max_new_tokens or IMAGE_MAX_NEW_TOKENS,
+                        sampling=sampling, system=args.system, iss=not args.no_iss)
         if args.json:
             for _ in gen:
                 pass

@@ -29,7 +29,6 @@ decodes), so that is the default there; on a CPU both halves want the same cores
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -41,8 +40,6 @@ from runtime.errors import Cancelled, FlashVLError
 from runtime.video.capture import Capture, FrameSlot
 from runtime.video.change import scene_change, thumbnail
 from runtime.video.frame import Frame, SourceStats
-
-log = logging.getLogger(__name__)
 
 JSONL_VERSION = 1
 _POLL_S = 0.1  # how often blocked waits look at the stop flag
@@ -405,13 +402,7 @@ def open_stream(model, source, cadence: Cadence, *, realtime: bool = True, piece
                            f"{type(source).__name__}; for a file use VideoSource.file(path)")
     else:
         stop, stats, on_end = threading.Event(), SourceStats(), None
-        frames = _counted(array_frames(source, stop), stats)
+        frames = array_frames(source, stop, stats)
     slot = FrameSlot(lossless=not realtime)
     capture = Capture(frames, slot, stop, on_frame, on_end)
     return CaptionStream(model, slot, cadence, capture=capture, source_stats=stats, pieces=pieces, stop=stop)
-
-
-def _counted(frames, stats: SourceStats):
-    for f in frames:
-        stats.frames += 1
-        yield f

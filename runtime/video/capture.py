@@ -15,7 +15,6 @@ and the frames in between are counted (Frame.seq gaps), not stored.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Callable, Iterable, Iterator
@@ -24,8 +23,6 @@ import numpy as np
 
 from runtime.errors import FlashVLError
 from runtime.video.frame import Frame, SourceStats
-
-log = logging.getLogger(__name__)
 
 
 class FrameSlot:
@@ -117,8 +114,9 @@ def as_bgr(image, where: str) -> np.ndarray:
     return np.array(image, order="C", copy=True)  # owned: the app may reuse its buffer
 
 
-def array_frames(frames: Iterable, stop: threading.Event) -> Iterator[Frame]:
-    """An app's iterable of BGR arrays, or (array, seconds) pairs whose seconds drive --interval."""
+def array_frames(frames: Iterable, stop: threading.Event, stats: SourceStats) -> Iterator[Frame]:
+    """An app's iterable of BGR arrays, or (array, seconds) pairs whose seconds drive --interval;
+    counts each delivered frame in `stats`, as FrameReader and FrameFeed do."""
     for seq, item in enumerate(frames):
         if stop.is_set():
             return
@@ -129,6 +127,7 @@ def array_frames(frames: Iterable, stop: threading.Event) -> Iterator[Frame]:
                                    f"{len(item)}-tuple")
             item, media_s = item[0], float(item[1])
         image = as_bgr(item, f"frame {seq}")
+        stats.frames += 1
         yield Frame(image, seq, seq, time.perf_counter(), time.time(), media_s)
 
 

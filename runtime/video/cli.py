@@ -15,18 +15,12 @@ writable, --show has a display.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
 import time
 
 from runtime.errors import FlashVLError
-
-log = logging.getLogger(__name__)
-
-STREAM_MAX_NEW_TOKENS = 48  # a caption, not an essay: keeps the cadence up on a CPU
-
 
 def source_from_args(args):
     from runtime.video.frame import VideoSource
@@ -117,13 +111,13 @@ def run_stream(args, sampling) -> int:
     """The stream mode of runtime.run's main(); raises FlashVLError for the caller to print."""
     from runtime.api import FlashVL
     from runtime.video.captioner import Cadence
-    from runtime.video.model import PromptConfig
+    from runtime.video.model import CAPTION_MAX_NEW_TOKENS, PromptConfig
     from runtime.video.outputs import JsonlWriter, VideoSaver
     from runtime.video.sources import FrameReader
 
     source = source_from_args(args)
     cadence = Cadence(args.interval, args.min_change, overlap={"auto": None, "on": True, "off": False}[args.overlap])
-    prompt = PromptConfig(args.prompt, args.max_new_tokens or STREAM_MAX_NEW_TOKENS, sampling, args.system,
+    prompt = PromptConfig(args.prompt, args.max_new_tokens or CAPTION_MAX_NEW_TOKENS, sampling, args.system,
                           iss=not args.no_iss)
     if args.max_captions is not None and args.max_captions < 1:
         raise FlashVLError(f"--max-captions must be at least 1, got {args.max_captions}")

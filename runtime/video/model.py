@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.errors import FlashVLError
 from runtime.sampling import SamplingConfig
+
+CAPTION_MAX_NEW_TOKENS = 48  # a caption, not an essay: keeps the cadence up on a CPU
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,14 @@ class PromptConfig:
     """What each frame is asked (user choices, from the CLI edge or the app)."""
 
     prompt: str = "Describe the image."
-    max_new_tokens: int = 48
+    max_new_tokens: int = CAPTION_MAX_NEW_TOKENS
     sampling: SamplingConfig | None = None  # None: greedy
     system: str | None = None  # None: the manifest's
     iss: bool = True  # dynamic engines: ISS margin (False: plain dynamic cropping)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise FlashVLError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
 
 class FlashVLModel:
