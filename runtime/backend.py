@@ -30,6 +30,9 @@ class DecoderEngine(Protocol):
 
     def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray: ...
 
+    # engine_seconds: float, the time spent inside the engine's own calls (ONNX Runtime's run, TensorRT's
+    # launch + synchronize), summed over forward() calls; the benchmark's host overhead is the rest of a step.
+
 
 @dataclass(frozen=True)
 class Capabilities:

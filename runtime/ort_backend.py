@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,7 @@ class OrtDecoder(Interruptible):
         self.cache = np.zeros((dec.n_layers, 2, self.max_seq_len, batch, dec.n_kv_heads, dec.head_dim),
                               self.kv_dtype)  # [L, 2, T, B, Hkv, hd]
         self.logits = np.zeros((batch, dec.vocab_size), np.float32)  # [B, V]
+        self.engine_seconds = 0.0  # inside session runs (see runtime.backend.DecoderEngine)
 
     def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray:
         b, s, _ = inputs_embeds.shape
@@ -131,5 +133,7 @@ class OrtDecoder(Interruptible):
                 binding.bind_input(past, "cpu", 0, self.kv_dtype, list(call.shapes[past]), base + call.offsets[past])
                 binding.bind_output(new, "cpu", 0, self.kv_dtype, new_shape, base + call.offsets[new])
         binding.bind_output(io.LOGITS, "cpu", 0, np.float32, list(self.logits.shape), self.logits.ctypes.data)
+        t0 = time.perf_counter()
         self.guarded(lambda opts: self.session.run_with_iobinding(binding, opts))
+        self.engine_seconds += time.perf_counter() - t0
         return self.logits  # [B, V]

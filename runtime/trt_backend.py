@@ -25,6 +25,7 @@ Everything TensorRT-specific goes through runtime.trt_compat; memory through run
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,7 @@ class TrtDecoder:
         self.empty = cuda.malloc(ALIGN * 2 * dec.n_layers)  # distinct non-null addresses for 0-row past tensors
         self.host = {b.name: cuda.pinned(b.shape, b.dtype) for b in bufs if b.name != KV_CACHE}
         self.logits = self.host[io.LOGITS]  # [B, V] f32, pinned; returned to the loop and reused
+        self.engine_seconds = 0.0  # inside launch + synchronize (see runtime.backend.DecoderEngine)
         cuda.memset(self.dev[KV_CACHE].ptr, 0, self.dev[KV_CACHE].nbytes, stream)
         cuda.synchronize(stream)
         self.use_graphs = cuda_graphs and cuda.supports_graphs
@@ -205,6 +207,7 @@ class TrtDecoder:
 
         captured = self.graphs.get(pos) if s == 1 else None
         fresh = None
+        t0 = time.perf_counter()
         if captured is not None:
             captured[1].launch(self.stream)  # copies in, engine, logits out, recorded at this pos's first visit
         else:
@@ -215,6 +218,7 @@ class TrtDecoder:
             self._bind(context, call, pos)
             self._step(context, call, embeds, positions)
         self.cuda.synchronize(self.stream)
+        self.engine_seconds += time.perf_counter() - t0
         if fresh is not None:
             self._capture(fresh, call, pos, embeds, positions)
         return self.logits  # [B, V]

@@ -1,6 +1,6 @@
-"""`python -m runtime.bench`: image tokens and vision/prefill/decode timings, per engine, image and mode.
+"""`python -m runtime.bench.modes`: image tokens and vision/prefill/decode timings, per engine, image and mode.
 
-    python -m runtime.bench --engine engines/flash-vl-2b-random --engine engines/flash-vl-2b-dynamic-random \
+    python -m runtime.bench.modes --engine engines/flash-vl-2b-random --engine engines/flash-vl-2b-dynamic-random \
         --image samples/shapes.png --image samples/street.jpg --image samples/document.png --new-tokens 16
 
 Static engines run once per image; dynamic engines run with ISS (the manifest's margin) and with
@@ -66,7 +66,7 @@ HEADER = ("| model | backend | mode | image | grid | tiles | image tokens | visi
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m runtime.bench.modes", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", type=Path, action="append", required=True, help="engine folder (repeatable)")
     ap.add_argument("--image", type=Path, action="append", required=True, help="image file (repeatable)")

@@ -1,0 +1,140 @@
+"""`python -m runtime.bench`: this runtime against its peers, on the same weights, in one run.
+
+    python -m runtime.bench --engine engines/flash-vl-2b-int4 [--engine DIR ...] [--peers torch,ortgenai,llama.cpp]
+        [--prompt-tokens 290] [--new-tokens 32] [--runs 3] [--threads 2] [--json FILE] [--plot FILE.png]
+
+For each engine folder: this runtime, then each peer on the weights the folder was exported from
+(the manifest's weight source), each in its own process, one after another:
+    flash-vl   runtime.bench.ours             vision ms/tile, prefill, TTFT, decode tok/s, host overhead
+    torch      export.peers.torch_eager       transformers Qwen2 + our PyTorch vision tower, eager
+    ortgenai   export.peers.ortgenai          ONNX Runtime GenAI, built by its own model builder
+    llama.cpp  export.peers.llama_cpp         llama-cpp-python on a GGUF written with the gguf package
+A peer converts the weights first, in a process of its own, cached under --cache.  A peer whose
+packages are missing is skipped with a note.  Prints each system's figures (median and spread after
+a warm-up), peak RSS and bytes, then this runtime's ratio to each peer, pair by pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from runtime.bench import plot
+from runtime.bench.report import machine, markdown
+from runtime.bench.workload import Report, Workload, worker_args
+from runtime.errors import FlashVLError
+from runtime.manifest import load_manifest
+
+OURS = "runtime.bench.ours"
+# peer -> (worker module, modules it needs, how to get them)
+PEERS = {
+    "torch": ("export.peers.torch_eager", ("torch", "transformers", "export"), 'pip install -e ".[export]"'),
+    "ortgenai": ("export.peers.ortgenai", ("onnxruntime_genai", "torch", "transformers", "export"),
+                 'pip install -e ".[export,bench]"'),
+    "llama.cpp": ("export.peers.llama_cpp", ("llama_cpp", "gguf", "torch", "export"),
+                  'pip install -e ".[export,bench]" llama-cpp-python (compiles llama.cpp)'),
+}
+LABELS = {"torch": "PyTorch eager", "ortgenai": "ORT GenAI", "llama.cpp": "llama.cpp"}
+
+
+def missing(modules: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def run_worker(module: str, engine: Path, work: Workload, cache: Path, *extra: str) -> tuple[int, Report | None]:
+    """Run one worker process (its stderr passes through) -> (exit code, the report on its last stdout line)."""
+    proc = subprocess.run([sys.executable, "-m", module, *worker_args(engine, work, cache), *extra],
+                          stdout=subprocess.PIPE, text=True)
+    last = proc.stdout.strip().splitlines()[-1:]
+    try:
+        return proc.returncode, Report.from_json(last[0]) if last else None
+    except ValueError:  # not a report: a --prepare run prints none unless it skips
+        return proc.returncode, None
+
+
+def bench_engine(engine: Path, peers: list[str], work: Workload, cache: Path) -> list[Report]:
+    code, ours = run_worker(OURS, engine, work, cache)
+    if code != 0 or ours is None:
+        raise FlashVLError(f"{engine}: this runtime's benchmark failed (its error is above)")
+    reports = [ours]
+    for name in peers:
+        module, needs, install = PEERS[name]
+        absent = missing(needs)
+        if absent:
+            reports.append(Report(system=name, label=LABELS[name], precision="",
+                                  skipped=f"{', '.join(absent)} not installed ({install})"))
+            continue
+        code, report = run_worker(module, engine, work, cache, "--prepare")  # converts; a skip says why
+        if code == 0 and report is None:
+            code, report = run_worker(module, engine, work, cache)
+        if code != 0 or report is None:
+            report = Report(system=name, label=LABELS[name], precision="",
+                            skipped=f"its worker failed (python -m {module}; the error is above)")
+        reports.append(report)
+    return reports
+
+
+def parse_peers(text: str) -> list[str]:
+    if text in ("", "none"):
+        return []
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PEERS]
+    if unknown:
+        raise FlashVLError(f"--peers: unknown peer {', '.join(map(repr, unknown))}; choose from "
+                           f"{','.join(PEERS)} (comma-separated), or none")
+    return names
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", type=Path, action="append", required=True, help="engine folder (repeatable)")
+    ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, from {','.join(PEERS)}; or none")
+    ap.add_argument("--prompt-tokens", type=int, default=Workload.prompt_tokens)
+    ap.add_argument("--new-tokens", type=int, default=Workload.new_tokens)
+    ap.add_argument("--runs", type=int, default=Workload.runs, help="measured rounds after one warm-up")
+    ap.add_argument("--threads", type=int, default=Workload.threads)
+    ap.add_argument("--cache", type=Path, default=Path("engines/.bench-cache"),
+                    help="converted peer models (default engines/.bench-cache)")
+    ap.add_argument("--json", type=Path, help="write every figure of every round here")
+    ap.add_argument("--plot", type=Path, help="draw the comparison as a PNG (needs matplotlib: the bench extra)")
+    args = ap.parse_args(argv)
+    try:
+        work = Workload(args.prompt_tokens, args.new_tokens, args.runs, args.threads)
+        peers = parse_peers(args.peers)
+        if args.plot and not plot.available():
+            raise FlashVLError('--plot needs matplotlib: pip install -e ".[bench]"')
+        if args.plot and args.plot.suffix.lower() != ".png":
+            raise FlashVLError(f"--plot {args.plot}: give a .png file name")
+        for engine in args.engine:
+            m = load_manifest(engine)  # fails early, with its own message, on a wrong folder
+            if work.prompt_tokens + work.new_tokens > m.decoder.max_seq_len:
+                raise FlashVLError(f"--prompt-tokens {work.prompt_tokens} + --new-tokens {work.new_tokens} exceed "
+                                   f"{engine}'s context window ({m.decoder.max_seq_len}); ask for fewer")
+        t0 = time.perf_counter()
+        engines = [{"engine": str(e), "reports": bench_engine(e, peers, work, args.cache)} for e in args.engine]
+    except (FlashVLError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(engines, work))
+    print(f"\nbench: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "workload": asdict(work), "machine": machine(),
+            "engines": [{"engine": e["engine"], "reports": [{**asdict(r), "summary": r.summary()}
+                                                            for r in e["reports"]]} for e in engines]}, indent=1))
+    if args.plot:
+        m = machine()
+        plot.draw(engines, args.plot, f"flash-vl and its peers: {work.prompt_tokens} prompt + {work.new_tokens} "
+                                      f"new tokens, {work.threads} threads, {m['cpu']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
