@@ -4,6 +4,7 @@
     pip install -e .[export]    + the PyTorch export pipeline and reference (torch pinned to the CPU build)
     pip install -e .[trt]       + what building and running TensorRT plans needs besides TensorRT itself
     pip install -e .[test]      + test tools (with [export]: the parity tests need the reference)
+    pip install -e .[bench]     + the benchmark's peers and plot (with [export]: the peers need the weights)
 """
 
 from setuptools import find_packages, setup
@@ -34,6 +35,13 @@ TRT = [
     "polygraphy>=0.49",  # `python -m export.trt check`
 ]
 TEST = ["pytest>=8", "hypothesis>=6.100"]
+BENCH = [
+    # `python -m runtime.bench`'s peers, each on the engine's own weights, and its --plot
+    "onnxruntime-genai>=0.18",  # tested with 0.18.0: its model builder and generator
+    "gguf>=0.19",  # writes the GGUF llama.cpp reads (export/peers/gguf_file.py)
+    "llama-cpp-python==0.3.36",  # llama.cpp; builds from source with the local compiler (~8 min on 2 cores)
+    "matplotlib>=3.8",
+]
 
 setup(
     name="flash-vl-edge",
@@ -47,5 +55,6 @@ setup(
         "export": EXPORT,
         "trt": TRT,
         "test": TEST,
+        "bench": BENCH,
     },
 )

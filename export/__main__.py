@@ -9,8 +9,10 @@ Precision (per graph, recorded in the manifest): --precision fp32|fp16|int8|int4
 (int4 is weight-only, for the decoder; the vision graph then gets int8); --vision-precision and
 --decoder-precision override one.  An int8 vision graph is calibrated on --calib-images (default:
 the project's own set in calib/images).  int8/int4 decoder weights are symmetric, per channel
-(int8) or in blocks of 32 (int4), as standard QDQ ONNX (TensorRT and ONNX Runtime) or, with
---flavour onnxruntime, as ONNX Runtime's MatMulNBits (fastest on the CPU, ONNX Runtime only).
+(int8) or in blocks of 32 (int4), as standard QDQ ONNX (TensorRT and ONNX Runtime).
+--flavour onnxruntime writes ONNX Runtime's fused CPU decoder instead (GroupQueryAttention with an
+in-place KV cache, SkipSimplifiedLayerNormalization, one QKV projection; MatMulNBits weights when
+int8/int4): the fastest on the CPU, ONNX Runtime only; for the CPU-only device.
 --compute fp16 quantizes an fp16 decoder instead (W8A16 / W4A16: fp16 activations and KV cache),
 the form TensorRT's weight-only GEMMs run fastest on a Jetson.
 """
@@ -51,7 +53,8 @@ def main(argv=None) -> int:
     q.add_argument("--vision-precision", choices=DECODER_PRECISIONS, help="fp32, fp16 or int8 (calibrated)")
     q.add_argument("--decoder-precision", choices=DECODER_PRECISIONS)
     q.add_argument("--flavour", choices=FLAVOURS, default="standard",
-                   help="int8/int4 decoder weights: standard QDQ ONNX (default) or ONNX Runtime's MatMulNBits")
+                   help="decoder graph: standard ONNX for TensorRT and ONNX Runtime (default), or onnxruntime: "
+                        "ONNX Runtime's fused CPU ops (fp32/int8/int4; fastest on a CPU, ONNX Runtime only)")
     q.add_argument("--block-size", type=int, help="weights per scale along the input (0: per channel)")
     q.add_argument("--quantize-lm-head", action="store_true", help="quantize the logits projection too")
     q.add_argument("--compute", choices=("fp32", "fp16"), default="fp32",

@@ -16,6 +16,7 @@ import torch
 
 from calib.calibrate import calibrate_into
 from export import progress
+from export.fused_decoder import export_fused_decoder
 from export.model import FlashVL
 from export.onnx_export import OPSET, export_decoder, export_embeddings, export_vision
 from export.precision import PrecisionPlan, reduce_decoder, reduce_vision_fp16
@@ -91,8 +92,12 @@ def export_engine(preset: Preset, source: WeightSource, out: Path, plan: Precisi
 
     with progress.step("exporting vision.onnx (vision tower + adapter)"):
         vision = export_vision(model, out / "vision.onnx")
-    with progress.step("exporting decoder.onnx"):
-        decoder = export_decoder(model, out / "decoder.onnx")
+    if plan.flavour == "onnxruntime":
+        with progress.step("writing decoder.onnx (ONNX Runtime's fused ops)"):
+            decoder = export_fused_decoder(model, out / "decoder.onnx")
+    else:
+        with progress.step("exporting decoder.onnx"):
+            decoder = export_decoder(model, out / "decoder.onnx")
     with progress.step("writing embed_tokens.npy"):
         embeddings = export_embeddings(model, out / EMBEDDINGS_FILE)
     del model

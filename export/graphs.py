@@ -11,7 +11,8 @@ import onnx
 
 from runtime.manifest import ActivationQuant, GraphSpec, TensorSpec, WeightQuant
 
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16"}
+_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16",
+           onnx.TensorProto.INT32: "int32"}
 
 
 def load(path: Path) -> onnx.ModelProto:
@@ -58,7 +59,7 @@ def toposort(graph: onnx.GraphProto) -> None:
 
 
 def graph_spec(path: Path, precision: str = "fp32", flavour: str = "standard", weights: WeightQuant | None = None,
-               activations: ActivationQuant | None = None) -> GraphSpec:
+               activations: ActivationQuant | None = None, kv_cache: str = "seq_major") -> GraphSpec:
     """The manifest entry of a saved graph: its I/O table and opset read back from the file itself."""
     proto = onnx.load(str(path), load_external_data=False)
 
@@ -71,4 +72,5 @@ def graph_spec(path: Path, precision: str = "fp32", flavour: str = "standard", w
         return tuple(out)
 
     return GraphSpec(file=path.name, precision=precision, flavour=flavour, opset=opset_of(proto), weights=weights,
-                     activations=activations, inputs=specs(proto.graph.input), outputs=specs(proto.graph.output))
+                     activations=activations, inputs=specs(proto.graph.input), outputs=specs(proto.graph.output),
+                     kv_cache=kv_cache)

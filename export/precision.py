@@ -11,7 +11,8 @@ INT8 activations (the vision graph) come from calibration instead: see `calib.ca
     int4   channel (int8) or per block of `block_size` inputs (int4); activations stay fp32.
            Two flavours:
              standard     W_q -> DequantizeLinear(scale, zero point 0) -> MatMul      (TensorRT, ORT)
-             onnxruntime  com.microsoft.MatMulNBits (ONNX Runtime's CPU kernel; ORT only)
+             onnxruntime  com.microsoft.MatMulNBits (ONNX Runtime's CPU kernel; ORT only), on the
+                          fused graph of export.fused_decoder (fp32 there too: the flavour is the graph)
 
 The tied lm_head is a Gemm(x, embed_tokens, transB=1) in the fp32 graph; with `lm_head=True`
 it becomes MatMul(x, embed_tokensᵀ) first so the same pass quantizes it.
@@ -248,9 +249,10 @@ class PrecisionPlan:
         if self.flavour not in FLAVOURS:
             raise FlashVLError(f"flavour {self.flavour!r} is not one of {list(FLAVOURS)}")
         quantized = self.decoder in ("int8", "int4")
-        if self.flavour == "onnxruntime" and not quantized:
-            raise FlashVLError(f"--flavour onnxruntime is the MatMulNBits format of an int8/int4 decoder; "
-                               f"a {self.decoder} decoder is standard ONNX: drop --flavour or use --precision int4")
+        if self.flavour == "onnxruntime" and self.decoder == "fp16":
+            raise FlashVLError("--flavour onnxruntime writes ONNX Runtime's fused CPU decoder (fp32 activations; "
+                               "fp32, int8 or int4 weights); an fp16 decoder is for GPUs: drop --flavour, or use "
+                               "--decoder-precision fp32/int8/int4")
         if self.compute not in ("fp32", "fp16"):
             raise FlashVLError(f"--compute must be fp32 or fp16, got {self.compute!r}")
         if self.compute == "fp16" and (not quantized or self.flavour != "standard"):
@@ -300,7 +302,8 @@ def reduce_decoder(path: Path, plan: PrecisionPlan, n_layers: int) -> GraphSpec:
         fmt = "qdq" if plan.flavour == "standard" else "matmul_nbits"
         weights = quantize_decoder(proto, int(plan.decoder[3:]), plan.weight_block, fmt, plan.lm_head, plan.compute)
     save(proto, path)
-    return graph_spec(path, precision=plan.decoder, flavour=plan.flavour if weights else "standard", weights=weights)
+    kv_cache = io.SHARED_BNSH if plan.flavour == "onnxruntime" else io.SEQ_MAJOR  # export.fused_decoder's graph
+    return graph_spec(path, precision=plan.decoder, flavour=plan.flavour, weights=weights, kv_cache=kv_cache)
 
 
 def reduce_vision_fp16(path: Path) -> GraphSpec:

@@ -24,10 +24,26 @@ embed_tokens.npy   float32 [vocab, dim]: the input embedding table, memory-mappe
     pages in only the rows it looks up.  So one copy is resident, and the logits keep the
     pre-packed speed (46% faster decode at full size than an unpacked shared table).
 
+decoder.onnx, `onnxruntime` flavour (export.fused_decoder; the manifest's `kv_cache` = "shared_bnsh")
+    | inputs_embeds    | float32 | [batch, seq, dim]                       | as above                                  |
+    | past_key.{i}     | float32 | [batch, n_kv_heads, max_seq, head_dim]  | the whole cache buffer of layer i         |
+    | past_value.{i}   | float32 | [batch, n_kv_heads, max_seq, head_dim]  |                                           |
+    | seqlens_k        | int32   | [batch]                                 | pos + seq - 1: the last row this call adds |
+    | total_sequence_length | int32 | []                                 | pos + seq                                 |
+    | logits           | float32 | [batch, vocab]                          | as above                                  |
+    | present_key.{i}  | float32 | [batch, n_kv_heads, max_seq, head_dim]  | bound to the same buffer as past_key.{i}: |
+    | present_value.{i}| float32 | [batch, n_kv_heads, max_seq, head_dim]  | GroupQueryAttention writes rows in place  |
+    Positions are pos .. pos+seq-1, derived by the op from seqlens_k; no position_ids input.
+
 The K/V cache is seq-major so that rows 0..pos-1 of a cache preallocated as
 [max_seq_len, batch, n_kv_heads, head_dim] are one contiguous block: a backend binds
 `past_*` to the cache's start and `new_*` to row `pos`, and no K/V byte is copied.
 """
+
+# a decoder graph's K/V binding (GraphSpec.kv_cache)
+SEQ_MAJOR = "seq_major"  # past_* = rows 0..pos-1, new_* = the rows added (the traced, standard graph)
+SHARED_BNSH = "shared_bnsh"  # past_* and present_* = one [B, Hkv, max_seq, hd] buffer (the fused graph)
+KV_CACHES = (SEQ_MAJOR, SHARED_BNSH)
 
 PIXEL_VALUES = "pixel_values"
 IMAGE_EMBEDS = "image_embeds"
@@ -35,6 +51,8 @@ IMAGE_EMBEDS = "image_embeds"
 INPUTS_EMBEDS = "inputs_embeds"
 POSITION_IDS = "position_ids"
 LOGITS = "logits"
+SEQLENS_K = "seqlens_k"
+TOTAL_SEQ_LEN = "total_sequence_length"
 
 
 def past_key(i: int) -> str:
@@ -51,6 +69,14 @@ def new_key(i: int) -> str:
 
 def new_value(i: int) -> str:
     return f"new_value.{i}"
+
+
+def present_key(i: int) -> str:
+    return f"present_key.{i}"
+
+
+def present_value(i: int) -> str:
+    return f"present_value.{i}"
 
 
 def decoder_input_names(n_layers: int) -> list[str]:

@@ -23,8 +23,9 @@ Layout of an engine folder (schema 2):
 Precision is a property of each graph (`GraphSpec`): fp32, fp16, int8 or int4, in one of two
 flavours.  "standard" graphs use default-domain ONNX ops only (FP16 tensors, symmetric
 QuantizeLinear/DequantizeLinear with zero point 0), so TensorRT's parser and ONNX Runtime
-both load them; "onnxruntime" graphs use ONNX Runtime's contrib ops (MatMulNBits) and load
-in ONNX Runtime only.
+both load them; "onnxruntime" graphs use ONNX Runtime's contrib ops and load in ONNX Runtime
+only: the fused decoder (GroupQueryAttention with a shared KV buffer, `kv_cache` "shared_bnsh",
+SkipSimplifiedLayerNormalization; MatMulNBits weights when int8/int4).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from pathlib import Path
 
 from runtime.errors import EngineError
 
-SCHEMA_VERSION = 3  # 2: per-graph precision, flavour, opset and quantization records; 3: TensorRT plans
-READABLE_VERSIONS = (2, 3)  # a schema 2 folder is a schema 3 folder without TensorRT plans
+SCHEMA_VERSION = 4  # 2: per-graph precision, flavour, opset and quantization records; 3: TensorRT plans;
+#                    4: a graph's KV-cache binding (`kv_cache`), for the fused onnxruntime-flavour decoder
+READABLE_VERSIONS = (2, 3, 4)  # a schema 2 folder is a schema 3 folder without TensorRT plans; both have
+#                                seq-major decoders, the default of `kv_cache`
 MANIFEST_FILE = "manifest.json"
 
 # A dimension is a fixed int or a symbolic name ("batch", "seq", "past_seq", ...).
@@ -264,10 +267,18 @@ class GraphSpec:
     activations: ActivationQuant | None  # None: float activations
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # How a decoder graph's K/V tensors bind to the runtime's cache (runtime.graph_io): "seq_major"
+    # (the traced graph: past rows in, new rows out) or "shared_bnsh" (the fused onnxruntime graph:
+    # GroupQueryAttention's one [B, Hkv, max_seq, hd] buffer, read and written in place).
+    kv_cache: str = "seq_major"
 
     def __post_init__(self):
         _one_of("graph.precision", self.precision, PRECISIONS)
         _one_of("graph.flavour", self.flavour, FLAVOURS)
+        _one_of("graph.kv_cache", self.kv_cache, ("seq_major", "shared_bnsh"))
+        if self.kv_cache == "shared_bnsh" and self.flavour != "onnxruntime":
+            raise EngineError(f"graph {self.file}: kv_cache shared_bnsh is the onnxruntime flavour's "
+                              f"(GroupQueryAttention), not the {self.flavour} flavour's")
         where = f"graph {self.file}"
         if self.precision in ("int8", "int4"):
             if self.weights is None or self.weights.bits != int(self.precision[3:]):
@@ -277,7 +288,7 @@ class GraphSpec:
             raise EngineError(f"{where}: precision {self.precision} has float weights, but the manifest "
                               f"carries a quantization record")
         nbits = self.weights is not None and self.weights.format == "matmul_nbits"
-        if nbits != (self.flavour == "onnxruntime"):
+        if self.weights is not None and nbits != (self.flavour == "onnxruntime"):
             raise EngineError(f"{where}: flavour {self.flavour} does not match weight format "
                               f"{self.weights.format if self.weights else None}")
 

@@ -98,6 +98,18 @@ def test_images(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_fused_engine(tmp_path_factory) -> Path:
+    """The tiny weights of `tiny_engine` as the onnxruntime flavour: the fused decoder (export.fused_decoder)."""
+    from export.build import WeightSource, export_engine
+    from export.precision import plan_from_args
+    from export.presets import get_preset
+
+    out = tmp_path_factory.mktemp("engines") / "tiny-fused"
+    export_engine(get_preset("tiny"), WeightSource(seed=0), out, plan_from_args(None, None, None, flavour="onnxruntime"))
+    return out
+
+
 # Every reduced precision, exported once per session from the same seeded weights as `tiny_engine`
 # (tests/test_precision.py measures them; tests/test_trt_backend.py runs them through TensorRT's stand-in).
 PRECISION_PLANS = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -74,16 +75,17 @@ def test_plot_is_a_png(bench_run):
     assert img.std() > 10  # bars and text, not a blank canvas
 
 
-def test_reports_converted_peer_models_are_cached(bench_run, tiny_engine, tmp_path):
-    """A second run converts nothing: the transformers checkpoint of the first is reused."""
+def test_converted_peer_models_are_cached(bench_run, tiny_engine):
+    """A second run converts nothing: the transformers checkpoint the first wrote is reused."""
     from export.peers.weights import hf_checkpoint
 
-    proc, data, _ = bench_run
-    cache = next(a for a in proc.args if a.endswith("cache"))
-    folder = hf_checkpoint(tiny_engine, __import__("pathlib").Path(cache))
-    stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    again = hf_checkpoint(tiny_engine, __import__("pathlib").Path(cache))
-    assert again == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    proc, _, _ = bench_run
+    cache = Path(proc.args[proc.args.index("--cache") + 1])
+    written = sorted(cache.glob("tiny-*/hf/model.safetensors"))
+    assert len(written) == 1
+    stamp = written[0].stat().st_mtime_ns
+    assert hf_checkpoint(tiny_engine, cache) == written[0].parent
+    assert written[0].stat().st_mtime_ns == stamp
 
 
 def test_missing_peer_is_skipped_with_a_note(tiny_engine, tmp_path, monkeypatch):
@@ -103,6 +105,7 @@ def test_missing_peer_is_skipped_with_a_note(tiny_engine, tmp_path, monkeypatch)
     (["--peers", "torch,vllm"], "unknown peer 'vllm'"),
     (["--prompt-tokens", "250"], "exceed"),
     (["--plot", "out.jpg"], ".png"),
+    (["--repeat", "0"], "--repeat must be at least 1"),
 ])
 def test_bad_arguments_are_one_line(tiny_engine, args, needle):
     if args[0] == "--plot" and not HAVE_PLOT:
@@ -153,3 +156,15 @@ def test_report_json_round_trip_and_schema_check():
     bad["version_schema"] = 99
     with pytest.raises(ValueError, match="schema 99"):
         Report.from_json(json.dumps(bad))
+
+
+def test_passes_pool_their_rounds():
+    from runtime.bench.__main__ import merge
+
+    a = _report("llama.cpp", [{"prefill_ms": 1.0}], rss=5, ids=[1])
+    b = _report("llama.cpp", [{"prefill_ms": 3.0}, {"prefill_ms": 2.0}], rss=9, ids=[2])
+    skipped = Report(system="llama.cpp", label="llama.cpp", precision="", skipped="its worker failed")
+    m = merge([a, skipped, b])
+    assert [r["prefill_ms"] for r in m.rounds] == [1.0, 3.0, 2.0] and m.peak_rss_bytes == 9 and m.token_ids == [2]
+    assert m.notes[-1] == "1 of 3 passes failed"
+    assert merge([skipped, skipped]).skipped == "its worker failed"

@@ -30,15 +30,21 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module", params=["standard", "fused"])
+def engine(request, tiny_engine, tiny_fused_engine):
+    """The traced standard graph, and the onnxruntime flavour's fused graph, of the same weights."""
+    return tiny_engine if request.param == "standard" else tiny_fused_engine
+
+
 @pytest.fixture(scope="module")
-def vl(tiny_engine):
-    return FlashVL.load(tiny_engine)
+def vl(engine):
+    return FlashVL.load(engine)
 
 
 @pytest.mark.parametrize("image,prompt", CASES)
-def test_greedy_tokens_equal_reference(vl, tiny_engine, test_images, image, prompt):
+def test_greedy_tokens_equal_reference(vl, engine, test_images, image, prompt):
     path = None if image is None else test_images[image]
-    want = reference_run(tiny_engine, path, prompt, max_new_tokens=24, system=None)
+    want = reference_run(engine, path, prompt, max_new_tokens=24, system=None)
     got = vl.generate(path, prompt, max_new_tokens=24)
     assert got.token_ids == want["token_ids"]
     assert got.text == want["text"]
@@ -60,7 +66,7 @@ def test_cli_json_equals_reference_cli(tiny_engine, test_images):
     assert a["image_tokens"] == 16 and len(a["token_ids"]) == 16
 
 
-def test_onnx_graphs_match_pytorch_modules(vl, tiny_engine, test_images):
+def test_onnx_graphs_match_pytorch_modules(vl, test_images):
     model = rebuild(vl.manifest)
     pixels = preprocess(load_image(test_images["scene"]), vl.manifest.preprocess)
     embeds = vl.vision.encode(pixels)
@@ -84,8 +90,10 @@ def test_onnx_graphs_match_pytorch_modules(vl, tiny_engine, test_images):
         past = [torch.cat((p, n)) for p, n in zip(past, new)]
         pos += 1
         assert np.abs(logits - ref.numpy()).max() <= 1e-4
-    # the runtime's cache rows hold what PyTorch computed
-    np.testing.assert_allclose(vl.decoder.cache[0, 0, :pos], past[0].numpy(), atol=1e-4)
+    # the runtime's cache rows hold what PyTorch computed (the fused graph's cache is [B, Hkv, T, hd])
+    cache = vl.decoder.cache[0, 0]
+    rows = cache.transpose(2, 0, 1, 3)[:pos] if vl.decoder.shared else cache[:pos]  # [pos, B, Hkv, hd]
+    np.testing.assert_allclose(rows, past[0].numpy(), atol=1e-4)
 
 
 def test_streamed_pieces_join_to_the_text(vl, test_images):

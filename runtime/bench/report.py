@@ -109,11 +109,12 @@ def machine() -> dict:
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
 
 
-def markdown(engines: list[dict], work: Workload) -> str:
+def markdown(engines: list[dict], work: Workload, repeat: int = 1) -> str:
     """engines: [{"engine", "reports": [Report, ...]}] with flash-vl's report first."""
     m = machine()
+    passes = f" in each of {repeat} passes" if repeat > 1 else ""
     out = [f"{work.prompt_tokens} prompt tokens, {work.new_tokens} new tokens, {work.threads} threads, "
-           f"median (min–max) of {work.runs} runs after a warm-up; {m['cpu']}, {m['cores']} cores, "
+           f"median (min–max) of {work.runs} runs after a warm-up{passes}; {m['cpu']}, {m['cores']} cores, "
            f"{m['memory_gb']} GB"]
     for e in engines:
         ours, peers = e["reports"][0], e["reports"][1:]
