@@ -93,6 +93,11 @@ def drift(engine: Path, against: Path, graph: str, image: Path, prompt: str,
     manifest, ref = load_manifest(engine), FlashVL.load(against)  # only the fp32 side runs through the runtime
     verify_files(engine, manifest.files)
     check_same_model(manifest, ref.manifest, engine, against)
+    fused = [str(e) for e, m in ((engine, manifest), (against, ref.manifest)) if m.graphs.decoder.kv_cache != "seq_major"]
+    if graph == "decoder" and fused:
+        raise FlashVLError(f"{fused[0]}: the fused onnxruntime-flavour decoder has no tensor-by-tensor counterpart in "
+                           f"the traced graph; compare it with `python -m calib.report`, or drift a standard-flavour "
+                           f"export")
     feed = graph_feed(manifest, ref, graph, image, prompt)
     if save_inputs is not None:
         save_json([feed], str(save_inputs), description="calib.drift inputs")

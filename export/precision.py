@@ -234,7 +234,7 @@ class PrecisionPlan:
 
     vision: str = "fp32"  # fp32 | fp16 | int8 (calibrated)
     decoder: str = "fp32"  # fp32 | fp16 | int8 | int4 (weight-only)
-    flavour: str = "standard"  # decoder weight format: standard (QDQ) | onnxruntime (MatMulNBits)
+    flavour: str = "standard"  # decoder graph: standard (traced; QDQ weights) | onnxruntime (fused; MatMulNBits)
     block_size: int | None = None  # None: int4 -> 32; int8 -> per channel (standard) or 32 (onnxruntime)
     lm_head: bool = False  # quantize the logits projection too
     calib: CalibConfig = field(default_factory=CalibConfig)

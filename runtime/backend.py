@@ -28,10 +28,11 @@ class VisionEngine(Protocol):
 class DecoderEngine(Protocol):
     max_seq_len: int
 
-    def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray: ...
+    # The time spent inside the engine's own calls (ONNX Runtime's run, TensorRT's launch + synchronize),
+    # summed over forward() calls; the benchmark's host overhead is the rest of a step.
+    engine_seconds: float
 
-    # engine_seconds: float, the time spent inside the engine's own calls (ONNX Runtime's run, TensorRT's
-    # launch + synchronize), summed over forward() calls; the benchmark's host overhead is the rest of a step.
+    def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

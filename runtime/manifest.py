@@ -276,6 +276,9 @@ class GraphSpec:
         _one_of("graph.precision", self.precision, PRECISIONS)
         _one_of("graph.flavour", self.flavour, FLAVOURS)
         _one_of("graph.kv_cache", self.kv_cache, ("seq_major", "shared_bnsh"))
+        if self.flavour == "onnxruntime" and self.weights is None and self.kv_cache != "shared_bnsh":
+            raise EngineError(f"graph {self.file}: an onnxruntime-flavour graph without quantized weights is the "
+                              f"fused decoder, whose kv_cache is shared_bnsh, got {self.kv_cache}")
         if self.kv_cache == "shared_bnsh" and self.flavour != "onnxruntime":
             raise EngineError(f"graph {self.file}: kv_cache shared_bnsh is the onnxruntime flavour's "
                               f"(GroupQueryAttention), not the {self.flavour} flavour's")
@@ -463,9 +466,13 @@ def load_manifest(engine_dir: str | Path) -> Manifest:
             f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the engine folder with this version's "
             f"`python -m export`")
     try:
-        return parse_manifest(raw)
+        manifest = parse_manifest(raw)
     except EngineError as e:
         raise EngineError(f"{path}: {e}; re-export the engine folder") from None
+    if version < 4 and manifest.graphs.decoder.kv_cache != "seq_major":
+        raise EngineError(f"{path}: schema {version} has seq-major decoders only, this one says kv_cache "
+                          f"{manifest.graphs.decoder.kv_cache}; re-export the engine folder")
+    return manifest
 
 
 def parse_manifest(raw: dict) -> Manifest:

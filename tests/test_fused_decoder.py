@@ -87,3 +87,25 @@ def test_fp16_decoder_cannot_be_fused(tmp_path):
     p = run_cli("-m", "export", "--preset", "tiny", "--random-weights", "--out", str(tmp_path / "x"),
                 "--precision", "fp16", "--flavour", "onnxruntime")
     assert p.returncode == 2 and "--flavour onnxruntime" in p.stderr and "fp32/int8/int4" in p.stderr
+
+
+def test_schema_3_folders_load_as_seq_major(tiny_engine, tiny_fused_engine, tmp_path):
+    """Before schema 4 there was no kv_cache key: such decoders are seq-major; a v3 file claiming a shared cache
+    is refused."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_engine, old)
+    raw = json.loads((old / "manifest.json").read_text())
+    raw["schema_version"] = 3
+    for g in raw["graphs"].values():
+        if g is not None:
+            g.pop("kv_cache")
+    (old / "manifest.json").write_text(json.dumps(raw))
+    assert load_manifest(old).graphs.decoder.kv_cache == "seq_major"
+    raw = json.loads((tiny_fused_engine / "manifest.json").read_text())
+    raw["schema_version"] = 3
+    (old / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(EngineError, match="schema 3 has seq-major decoders only"):
+        load_manifest(old)

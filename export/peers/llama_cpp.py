@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from export.peers.gguf_file import cached_gguf, gguf_path
-from runtime.bench.workload import (Report, Workload, bench_prompts, emit, files_bytes, peak_rss_bytes, worker_parser,
-                                    workload_of)
+from runtime.bench.workload import Report, Workload, bench_prompts, files_bytes, peak_rss_bytes, worker_main
 from runtime.errors import FlashVLError
 from runtime.manifest import load_manifest
 
@@ -191,20 +190,19 @@ def _gguf_version() -> str:
     return version("gguf")
 
 
+def skip(args) -> Report | None:
+    if installed():
+        return None
+    precision = PRECISIONS[load_manifest(args.engine).graphs.decoder.precision]
+    return Report(system="llama.cpp", label=f"llama.cpp {precision}", precision=precision, skipped=NOT_INSTALLED)
+
+
+def prepare(engine: Path, cache: Path) -> None:
+    gguf_path(engine, cache, PRECISIONS[load_manifest(engine).graphs.decoder.precision])
+
+
 def main(argv=None) -> int:
-    args = worker_parser("python -m export.peers.llama_cpp", __doc__).parse_args(argv)
-    try:
-        precision = PRECISIONS[load_manifest(args.engine).graphs.decoder.precision]
-        if not installed():
-            return emit(Report(system="llama.cpp", label=f"llama.cpp {precision}", precision=precision,
-                               skipped=NOT_INSTALLED))
-        if args.prepare:
-            gguf_path(args.engine, args.cache, precision)
-            return 0
-        return emit(measure(args.engine, workload_of(args), args.cache))
-    except (FlashVLError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return worker_main("python -m export.peers.llama_cpp", __doc__, measure, prepare=prepare, skip=skip, argv=argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
     --prepare  the engine's decoder as a transformers checkpoint (export.peers.weights), then ONNX Runtime
                GenAI's own model builder on it, at the engine's decoder precision, for the CPU, with the
                builder's defaults (int4/int8: MatMulNBits, block 32, accuracy level 4, lm_head too)
-    measure    og.Generator: append the N prompt ids (prefill), then M greedy steps (no stop before M)
+    measure    og.Generator: append the N prompt ids (prefill), then M greedy steps (no stop before M:
+               min_length masks its EOS id until then, which the other systems do not do, so where EOS
+               is the top token the "greedy ids equal" column shows a difference that is not the weights';
+               it accepts no EOS id outside the vocabulary to avoid that)
 The builder runs offline (HF_HUB_OFFLINE, hf_token=false): it reads the local checkpoint only.
 Decoder only: ONNX Runtime GenAI has no vision tower of this model, so no vision or TTFT figure.
 """
@@ -21,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from export.peers.weights import cache_dir, hf_checkpoint
-from runtime.bench.workload import (Report, Workload, bench_prompts, emit, files_bytes, peak_rss_bytes, worker_parser,
-                                    workload_of)
+from runtime.bench.workload import Report, Workload, bench_prompts, files_bytes, peak_rss_bytes, worker_main
 from runtime.errors import FlashVLError
 from runtime.manifest import load_manifest
 
@@ -120,22 +122,18 @@ def measure(engine: Path, work: Workload, cache: Path) -> Report:
     return report
 
 
-def main(argv=None) -> int:
-    args = worker_parser("python -m export.peers.ortgenai", __doc__).parse_args(argv)
+def skip(args) -> Report | None:
     if not installed():
-        return emit(Report(system="ortgenai", label="ORT GenAI", precision="", skipped=NOT_INSTALLED))
-    try:
-        precision = load_manifest(args.engine).graphs.decoder.precision
-        if precision not in PRECISIONS:
-            return emit(Report(system="ortgenai", label="ORT GenAI", precision=precision,
-                               skipped=f"its builder makes no {precision} CPU model"))
-        if args.prepare:
-            build(args.engine, args.cache)
-            return 0
-        return emit(measure(args.engine, workload_of(args), args.cache))
-    except (FlashVLError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return Report(system="ortgenai", label="ORT GenAI", precision="", skipped=NOT_INSTALLED)
+    precision = load_manifest(args.engine).graphs.decoder.precision
+    if precision not in PRECISIONS:
+        return Report(system="ortgenai", label="ORT GenAI", precision=precision,
+                      skipped=f"its builder makes no {precision} CPU model")
+    return None
+
+
+def main(argv=None) -> int:
+    return worker_main("python -m export.peers.ortgenai", __doc__, measure, prepare=build, skip=skip, argv=argv)
 
 
 if __name__ == "__main__":

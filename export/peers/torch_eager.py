@@ -19,9 +19,7 @@ import numpy as np
 import torch
 
 from export.peers.weights import hf_checkpoint
-from runtime.bench.workload import (Report, Workload, bench_image, bench_prompts, emit, peak_rss_bytes,
-                                    worker_parser, workload_of)
-from runtime.errors import FlashVLError
+from runtime.bench.workload import Report, Workload, bench_image, bench_prompts, peak_rss_bytes, worker_main
 from runtime.image import load_image, preprocess
 from runtime.manifest import load_manifest
 from runtime.tiling import gather_tokens, plan, tile_pixels
@@ -121,15 +119,7 @@ def measure(engine, work: Workload, cache_root) -> Report:
 
 
 def main(argv=None) -> int:
-    args = worker_parser("python -m export.peers.torch_eager", __doc__).parse_args(argv)
-    try:
-        if args.prepare:
-            hf_checkpoint(args.engine, args.cache)
-            return 0
-        return emit(measure(args.engine, workload_of(args), args.cache))
-    except (FlashVLError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return worker_main("python -m export.peers.torch_eager", __doc__, measure, prepare=hf_checkpoint, argv=argv)
 
 
 if __name__ == "__main__":

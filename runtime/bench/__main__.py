@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -50,8 +51,9 @@ def missing(modules: tuple[str, ...]) -> list[str]:
 
 def run_worker(module: str, engine: Path, work: Workload, cache: Path, *extra: str) -> tuple[int, Report | None]:
     """Run one worker process (its stderr passes through) -> (exit code, the report on its last stdout line)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")  # local files only, always
     proc = subprocess.run([sys.executable, "-m", module, *worker_args(engine, work, cache), *extra],
-                          stdout=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, text=True, env=env)
     last = proc.stdout.strip().splitlines()[-1:]
     try:
         return proc.returncode, Report.from_json(last[0]) if last else None
@@ -137,6 +139,9 @@ def main(argv=None) -> int:
             raise FlashVLError('--plot needs matplotlib: pip install -e ".[bench]"')
         if args.plot and args.plot.suffix.lower() != ".png":
             raise FlashVLError(f"--plot {args.plot}: give a .png file name")
+        for flag, path in (("--json", args.json), ("--plot", args.plot)):
+            if path is not None and not path.resolve().parent.is_dir():
+                raise FlashVLError(f"{flag} {path}: folder {path.parent} does not exist; create it or pick another")
         for engine in args.engine:
             m = load_manifest(engine)  # fails early, with its own message, on a wrong folder
             if work.prompt_tokens + work.new_tokens > m.decoder.max_seq_len:
@@ -150,6 +155,15 @@ def main(argv=None) -> int:
         return 2
     print(markdown(engines, work, args.repeat))
     print(f"\nbench: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    try:
+        write_outputs(args, engines, work)
+    except OSError as e:
+        print(f"error: cannot write the results ({e}); the tables above are complete", file=sys.stderr)
+        return 2
+    return 0
+
+
+def write_outputs(args, engines: list[dict], work: Workload) -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "workload": asdict(work), "repeat": args.repeat, "machine": machine(),
@@ -159,7 +173,6 @@ def main(argv=None) -> int:
         m = machine()
         plot.draw(engines, args.plot, f"flash-vl and its peers: {work.prompt_tokens} prompt + {work.new_tokens} "
                                       f"new tokens, {work.threads} threads, {m['cpu']}")
-    return 0
 
 
 if __name__ == "__main__":

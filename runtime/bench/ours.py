@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from runtime.bench.workload import (Report, Workload, bench_image, bench_prompts, emit, files_bytes, peak_rss_bytes,
-                                    worker_parser, workload_of)
+from runtime.bench.workload import (Report, Workload, bench_image, bench_prompts, files_bytes, peak_rss_bytes,
+                                    worker_main)
 from runtime.errors import FlashVLError
 from runtime.generate import LoopState, Timings, decode_loop
 from runtime.sampling import Sampler, SamplingConfig
@@ -53,7 +53,7 @@ def decode_round(vl, ids: np.ndarray, new_tokens: int) -> tuple[dict, list[int]]
 def measure(engine, work: Workload) -> Report:
     from runtime.api import FlashVL
 
-    vl = FlashVL.load(engine, threads=work.threads)
+    vl = FlashVL.load(engine, threads=work.threads, backend="onnxruntime")  # the peers all run on the CPU
     m = vl.manifest
     g = m.graphs
     report = Report(system="flash-vl", label=f"flash-vl {g.decoder.precision}", precision=g.decoder.precision,
@@ -90,12 +90,8 @@ def measure(engine, work: Workload) -> Report:
 
 
 def main(argv=None) -> int:
-    args = worker_parser("python -m runtime.bench.ours", __doc__).parse_args(argv)
-    try:
-        return emit(measure(args.engine, workload_of(args)))
-    except (FlashVLError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return worker_main("python -m runtime.bench.ours", __doc__, lambda engine, work, cache: measure(engine, work),
+                       argv=argv)
 
 
 if __name__ == "__main__":

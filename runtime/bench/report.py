@@ -123,4 +123,7 @@ def markdown(engines: list[dict], work: Workload, repeat: int = 1) -> str:
         skipped = skipped_lines(peers)
         if skipped:
             out += [""] + skipped
+    out += ["", "Peak RSS is each process's own. flash-vl's (and its weights) include the vision graph; ORT GenAI's "
+                "and llama.cpp's are a decoder's only; PyTorch's includes rebuilding the model from the weight "
+                "source. Ratios above 1× favour flash-vl."]
     return "\n".join(out)

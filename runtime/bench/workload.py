@@ -97,12 +97,10 @@ def summarise(rounds: list[dict]) -> dict[str, dict]:
 
 def prompt_ids(n: int, vocab: int, avoid: tuple[int, ...] = (), seed: int = 0) -> np.ndarray:
     """n deterministic token ids in [0, vocab), none of them in `avoid` (special tokens).  [n] int64"""
-    rng = np.random.default_rng(seed)
-    banned = np.asarray(sorted(set(avoid)), np.int64)
-    ids = rng.integers(0, vocab, size=n + len(banned) + 16, dtype=np.int64)  # [n + extra]
-    ids = ids[~np.isin(ids, banned)][:n]  # [n]
-    assert len(ids) == n, (n, vocab, len(banned))
-    return ids
+    allowed = np.setdiff1d(np.arange(vocab, dtype=np.int64), np.asarray(avoid, np.int64))  # [vocab - |avoid|]
+    if not len(allowed):
+        raise ValueError(f"no ordinary token ids below {vocab} to build a prompt from")
+    return np.random.default_rng(seed).choice(allowed, size=n)  # [n]
 
 
 def special_ids(tokens) -> tuple[int, ...]:
@@ -118,9 +116,17 @@ def text_vocab(tokenizer_json: Path) -> int:
     return Tokenizer.from_file(str(tokenizer_json)).get_vocab_size(with_added_tokens=True)
 
 
+def added_ids(tokenizer_json: Path) -> tuple[int, ...]:
+    """Every added (control) token of the tokenizer: none of them belongs in a bench prompt."""
+    from tokenizers import Tokenizer
+
+    return tuple(Tokenizer.from_file(str(tokenizer_json)).get_added_tokens_decoder())
+
+
 def bench_prompts(engine: Path, manifest, prompt_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """The decoder prompt [N] and the TTFT text ids [TTFT_TEXT_TOKENS] every system of a run gets."""
-    vocab, avoid = text_vocab(engine / manifest.tokenizer), special_ids(manifest.tokens)
+    path = engine / manifest.tokenizer
+    vocab, avoid = text_vocab(path), special_ids(manifest.tokens) + added_ids(path)
     return prompt_ids(prompt_tokens, vocab, avoid), prompt_ids(TTFT_TEXT_TOKENS, vocab, avoid, seed=1)
 
 
@@ -158,6 +164,26 @@ def workload_of(args: argparse.Namespace) -> Workload:
 def worker_args(engine: Path, work: Workload, cache: Path) -> list[str]:
     return ["--engine", str(engine), "--prompt-tokens", str(work.prompt_tokens), "--new-tokens", str(work.new_tokens),
             "--runs", str(work.runs), "--threads", str(work.threads), "--cache", str(cache)]
+
+
+def worker_main(prog: str, doc: str, measure, prepare=None, skip=None, argv=None) -> int:
+    """A worker's main(): parse the common flags; `skip(args)` may return a Report saying why this system
+    cannot run here; --prepare calls `prepare(engine, cache)`; else emit `measure(engine, workload, cache)`."""
+    from runtime.errors import FlashVLError
+
+    args = worker_parser(prog, doc).parse_args(argv)
+    try:
+        skipped = skip(args) if skip else None
+        if skipped is not None:
+            return emit(skipped)
+        if args.prepare:
+            if prepare:
+                prepare(args.engine, args.cache)
+            return 0
+        return emit(measure(args.engine, workload_of(args), args.cache))
+    except (FlashVLError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def emit(report: Report) -> int:
