@@ -4,8 +4,9 @@ The decoder's KV cache is one NumPy buffer allocated once, in the layout the gra
 entry names (`kv_cache`, see runtime.graph_io):
 
     seq_major    cache [n_layers, 2, max_seq_len, batch, n_kv_heads, head_dim]   (2 = K, V)
-    shared_bnsh  cache [n_layers, 2, batch, n_kv_heads, max_seq_len, head_dim]   (the fused graph's
-                 GroupQueryAttention binds each layer's block as both past_* and present_*)
+    shared_bnsh  cache [n_layers, 2, batch, n_kv_heads, T, head_dim]   (the fused graph's GroupQueryAttention
+                 binds each layer's block as both past_* and present_*; T starts at 512 and doubles up to
+                 max_seq_len as requests need it)
 
 in the graph's K/V type (f32, or f16 for an FP16 graph; the manifest's I/O table says which).
 
@@ -35,12 +36,16 @@ from runtime.trt_profiles import decoder_call
 
 log = logging.getLogger(__name__)
 
+SHARED_MIN_ROWS = 512  # the shared cache's first length (positions); it doubles as a request needs
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
               "tensor(int32)": "int32"}
 
 
-def session_options(threads: int | None, spinning: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None, spinning: bool = True, arena: bool = True) -> ort.SessionOptions:
     so = ort.SessionOptions()
+    # The CPU arena keeps the largest activations a session ever ran for the life of the process; the vision
+    # graph's (1024 patches through 27 layers) are freed instead: its run is seconds, the mallocs are noise.
+    so.enable_cpu_mem_arena = arena
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.inter_op_num_threads = 1
     if not spinning:
@@ -97,7 +102,7 @@ class Interruptible:
 class OrtVision(Interruptible):
     def __init__(self, path: Path, spec: GraphSpec, threads: int | None, spinning: bool = True):
         super().__init__()
-        self.session = open_session(path, spec, session_options(threads, spinning))
+        self.session = open_session(path, spec, session_options(threads, spinning, arena=False))
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         # [B, 3, H, W] f32 -> [B, image_tokens, dim] f32
@@ -115,23 +120,37 @@ class OrtDecoder(Interruptible):
         self.max_seq_len = min(max_seq_len or dec.max_seq_len, dec.max_seq_len)
         self.kv_dtype = np.dtype(spec.input(io.past_key(0)).dtype)
         self.shared = spec.kv_cache == io.SHARED_BNSH
-        if self.shared:  # GroupQueryAttention's layout: the buffer's T is the op's max_sequence_length
-            self.cache = np.zeros((dec.n_layers, 2, batch, dec.n_kv_heads, self.max_seq_len, dec.head_dim),
-                                  self.kv_dtype)  # [L, 2, B, Hkv, T, hd]
+        self.logits = np.zeros((batch, dec.vocab_size), np.float32)  # [B, V]
+        self.engine_seconds = 0.0  # inside session runs (see runtime.backend.DecoderEngine)
+        if self.shared:
+            self._binding = None
+            self._grow(min(SHARED_MIN_ROWS, self.max_seq_len))
         else:
             self.cache = np.zeros((dec.n_layers, 2, self.max_seq_len, batch, dec.n_kv_heads, dec.head_dim),
                                   self.kv_dtype)  # [L, 2, T, B, Hkv, hd]
-        self.logits = np.zeros((batch, dec.vocab_size), np.float32)  # [B, V]
-        self.engine_seconds = 0.0  # inside session runs (see runtime.backend.DecoderEngine)
-        # The shared cache never moves, so its 4 x n_layers bindings and the logits are made once; a step
-        # rebinds 3 small inputs (the host time of a full-size decode step drops from ~0.8 to ~0.2 ms).
-        self._binding = self._bind_shared() if self.shared else None
+
+    def _grow(self, rows: int) -> None:
+        """The shared cache with room for `rows` positions; what it held is kept.
+
+        GroupQueryAttention's buffer length is its max_sequence_length, and its first call touches the whole
+        buffer, so a buffer of the full context (235 MB at full size) would be resident from the first
+        request.  It starts at SHARED_MIN_ROWS and doubles when a call needs more (a copy, at most log2 times
+        a request).  Its 4 x n_layers bindings and the logits move only then: a step rebinds 3 small inputs.
+        """
+        d, old = self.dec, getattr(self, "cache", None)
+        cache = np.zeros((d.n_layers, 2, self.batch, d.n_kv_heads, rows, d.head_dim), self.kv_dtype)  # [L,2,B,Hkv,T,hd]
+        if old is not None:
+            cache[..., : old.shape[4], :] = old
+        self.cache = cache
+        self._binding = self._bind_shared()
 
     def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray:
         b, s, _ = inputs_embeds.shape
         assert b == self.batch, inputs_embeds.shape
         embeds = np.ascontiguousarray(inputs_embeds, np.float32)  # [B, S, D], alive until run returns
         if self.shared:
+            if pos + s > self.cache.shape[4]:
+                self._grow(min(self.max_seq_len, max(2 * self.cache.shape[4], pos + s)))
             binding = self._binding
             seqlens_k = np.full(b, pos + s - 1, np.int32)  # [B]: the last new row; alive until run returns
             total = np.array(pos + s, np.int32)  # []

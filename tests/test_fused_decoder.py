@@ -56,10 +56,13 @@ def test_rope_tables_equal_the_pytorch_rotary(tiny_fused_engine):
     np.testing.assert_allclose(sin, ts[0, :, 0, : spec.head_dim // 2].numpy(), rtol=0, atol=1.2e-7)
 
 
-@pytest.mark.parametrize("max_seq_len", [None, 40])
-def test_logits_and_cache_match_pytorch_step_by_step(tiny_fused_engine, max_seq_len):
-    """Prefill then single steps through the runtime's decoder, a cache of the graph's full context or of
-    a shorter one (the buffer's length is GroupQueryAttention's max_sequence_length)."""
+@pytest.mark.parametrize("max_seq_len,min_rows,rows", [(None, 512, 256), (40, 4, 36)])
+def test_logits_and_cache_match_pytorch_step_by_step(tiny_fused_engine, monkeypatch, max_seq_len, min_rows, rows):
+    """Prefill then single steps through the runtime's decoder: a cache of the graph's whole context, and one
+    that starts at 4 rows and grows as the positions need (4 -> 9 -> 18 -> 36, its contents kept)."""
+    import runtime.ort_backend as ob
+
+    monkeypatch.setattr(ob, "SHARED_MIN_ROWS", min_rows)
     vl = FlashVL.load(tiny_fused_engine, max_seq_len=max_seq_len)
     dec = rebuild(vl.manifest).decoder
     rng = np.random.default_rng(3)
@@ -75,12 +78,19 @@ def test_logits_and_cache_match_pytorch_step_by_step(tiny_fused_engine, max_seq_
             ref, *new = dec(torch.from_numpy(x), torch.tensor([[pos]]), *past)
         past = [torch.cat((p, n)) for p, n in zip(past, new)]
         assert np.abs(logits - ref.numpy()).max() <= 1e-4
-    assert vl.decoder.cache.shape[4] == (max_seq_len or vl.manifest.decoder.max_seq_len)
+    for pos in range(14, 20):  # past 18 rows: one more doubling
+        x = rng.standard_normal((1, 1, vl.manifest.decoder.dim)).astype(np.float32)
+        logits = vl.decoder.forward(x, pos).copy()
+        with torch.no_grad():
+            ref, *new = dec(torch.from_numpy(x), torch.tensor([[pos]]), *past)
+        past = [torch.cat((p, n)) for p, n in zip(past, new)]
+        assert np.abs(logits - ref.numpy()).max() <= 1e-4
+    assert vl.decoder.cache.shape[4] == rows
     for layer in (0, vl.manifest.decoder.n_layers - 1):
         for kv in (0, 1):
-            rows = vl.decoder.cache[layer, kv].transpose(2, 0, 1, 3)[:14]  # [14, B, Hkv, hd]
-            np.testing.assert_allclose(rows, past[2 * layer + kv].numpy(), atol=1e-4)
-    assert not vl.decoder.cache[:, :, :, :, 14:].any()  # nothing written past the last position
+            held = vl.decoder.cache[layer, kv].transpose(2, 0, 1, 3)[:20]  # [20, B, Hkv, hd]
+            np.testing.assert_allclose(held, past[2 * layer + kv].numpy(), atol=1e-4)
+    assert not vl.decoder.cache[:, :, :, :, 20:].any()  # nothing written past the last position
 
 
 def test_fp16_decoder_cannot_be_fused(tmp_path):
