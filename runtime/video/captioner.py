@@ -216,6 +216,11 @@ class CaptionStream:
                 self.model.cancel()
         self.slot.close()
         self._thread.join(timeout)
+        if self.capture is not None and self.capture.thread.is_alive():
+            # A file's read ends in milliseconds and the capture releases its source on its own thread; waiting
+            # for that keeps the process from exiting with OpenCV mid-read (an abort in its teardown).  A
+            # camera blocked for longer is left to its daemon thread, as before.
+            self.capture.thread.join(timeout)
 
     def __enter__(self) -> CaptionStream:
         return self
