@@ -71,14 +71,7 @@ def test_logits_and_cache_match_pytorch_step_by_step(tiny_fused_engine, monkeypa
     with torch.no_grad():
         ref, *past = dec(torch.from_numpy(prompt), torch.arange(9)[None], *dec.empty_past())
     assert np.abs(logits - ref.numpy()).max() <= 1e-4
-    for pos in range(9, 14):
-        x = rng.standard_normal((1, 1, vl.manifest.decoder.dim)).astype(np.float32)
-        logits = vl.decoder.forward(x, pos).copy()
-        with torch.no_grad():
-            ref, *new = dec(torch.from_numpy(x), torch.tensor([[pos]]), *past)
-        past = [torch.cat((p, n)) for p, n in zip(past, new)]
-        assert np.abs(logits - ref.numpy()).max() <= 1e-4
-    for pos in range(14, 20):  # past 18 rows: one more doubling
+    for pos in range(9, 20):  # the growing cache doubles at 9 and at 18
         x = rng.standard_normal((1, 1, vl.manifest.decoder.dim)).astype(np.float32)
         logits = vl.decoder.forward(x, pos).copy()
         with torch.no_grad():
