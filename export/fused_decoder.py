@@ -72,9 +72,8 @@ class _Graph:
         self.inits.append(t)
         return name
 
-    def node(self, op: str, inputs: list[str], scope: str, n_out: int = 1, domain: str = "", outputs=None,
-             **attrs) -> list[str]:
-        outs = outputs or [f"{scope}/{op}_out{k}" for k in range(n_out)]
+    def node(self, op: str, inputs: list[str], scope: str, domain: str = "", outputs=None, **attrs) -> list[str]:
+        outs = outputs or [f"{scope}/{op}_out0"]
         self.nodes.append(helper.make_node(op, inputs, outs, name=f"{scope}/{op}", domain=domain or None, **attrs))
         return outs
 

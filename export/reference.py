@@ -28,9 +28,10 @@ from runtime.embedding import splice_image
 from runtime.errors import FlashVLError
 from runtime.files import sha256_of
 from runtime.generate import Timings, check_prompt_fits
-from runtime.image import load_image, preprocess
+from runtime.api import vision_pixels
+from runtime.image import load_image
 from runtime.manifest import Manifest, load_manifest
-from runtime.tiling import gather_tokens, plan, tile_pixels
+from runtime.tiling import gather_tokens
 
 
 def rebuild(manifest: Manifest):
@@ -100,13 +101,8 @@ def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, syst
     t_start = time.perf_counter()
     embeds, layout = None, None
     if image is not None:
-        pre = manifest.preprocess
-        rgb = load_image(image, background=pre.alpha_background)  # [H, W, 3]
-        if manifest.tiling is None:
-            pixels = preprocess(rgb, pre)  # [1, 3, S, S]
-        else:  # the runtime's own geometry: one truth for both sides
-            layout = plan(rgb.shape[1], rgb.shape[0], manifest.tiling, iss=iss)
-            pixels = tile_pixels(rgb, layout, pre)  # [tiles, 3, S, S]
+        rgb = load_image(image, background=manifest.preprocess.alpha_background)  # [H, W, 3]
+        pixels, layout = vision_pixels(rgb, manifest, iss)  # the runtime's own geometry: [tiles, 3, S, S]
         t0 = time.perf_counter()
         with torch.no_grad():
             embeds = model.vision_graph(torch.from_numpy(pixels))  # [tiles, n*n, dim]

@@ -200,11 +200,12 @@ def gguf_path(engine: Path, cache: Path, precision: str,
     from export.peers.weights import decoder_module, hf_state_dict
     from runtime.manifest import load_manifest
 
-    path = cached_gguf(cache, load_manifest(engine), precision)
+    manifest = load_manifest(engine)
+    path = cached_gguf(cache, manifest, precision)
     if path.is_file():
         return path
     progress(f"writing the decoder as a {precision} GGUF: {path}")
-    model, manifest = decoder_module(engine)
+    model, _ = decoder_module(engine, manifest)
     write_gguf(path, manifest.decoder, hf_state_dict(model.decoder), precision, manifest.tokens,
                engine / manifest.tokenizer)
     return path

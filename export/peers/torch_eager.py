@@ -15,14 +15,15 @@ import gc
 import sys
 import time
 
-import numpy as np
 import torch
 
 from export.peers.weights import hf_checkpoint
-from runtime.bench.workload import Report, Workload, bench_image, bench_prompts, peak_rss_bytes, worker_main
-from runtime.image import load_image, preprocess
+from runtime.api import vision_pixels
+from runtime.bench.workload import (Report, Workload, bench_image, bench_prompts, peak_rss_bytes, ttft_ids,
+                                    worker_main)
+from runtime.image import load_image
 from runtime.manifest import load_manifest
-from runtime.tiling import gather_tokens, plan, tile_pixels
+from runtime.tiling import gather_tokens
 
 
 @torch.no_grad()
@@ -77,12 +78,7 @@ def measure(engine, work: Workload, cache_root) -> Report:
         figures = {}
         t0 = time.perf_counter()
         rgb = load_image(image, background=manifest.preprocess.alpha_background)  # [H, W, 3]
-        layout = None
-        if manifest.tiling is None:
-            pixels = preprocess(rgb, manifest.preprocess)  # [1, 3, S, S]
-        else:
-            layout = plan(rgb.shape[1], rgb.shape[0], manifest.tiling)
-            pixels = tile_pixels(rgb, layout, manifest.preprocess)  # [tiles, 3, S, S]
+        pixels, layout = vision_pixels(rgb, manifest)  # [tiles, 3, S, S] (1 tile for a static model)
         tv = time.perf_counter()
         with torch.no_grad():
             img = vision(torch.from_numpy(pixels).to(dtype))  # [tiles, n*n, D]
@@ -90,10 +86,9 @@ def measure(engine, work: Workload, cache_root) -> Report:
         if layout is not None:
             img = torch.from_numpy(gather_tokens(img.float().numpy(), layout)).to(dtype)[None]  # [1, image_tokens, D]
         n = img.shape[1]
-        row = np.concatenate([[tokens.image_start_id], np.full(n, tokens.image_pad_id), [tokens.image_end_id],
-                              text_ids])  # [n + 2 + T]
+        row = ttft_ids(tokens, n, text_ids)  # [n + 2 + T]
         with torch.no_grad():
-            x = embed(torch.from_numpy(row.astype(np.int64))[None])  # [1, n + 2 + T, D]
+            x = embed(torch.from_numpy(row)[None])  # [1, n + 2 + T, D]
             x[0, 1:1 + n] = img[0]
         prefill(llm, x)
         figures["ttft_ms"] = (time.perf_counter() - t0) * 1e3

@@ -35,13 +35,12 @@ def cache_dir(cache: Path, manifest: Manifest) -> Path:
     return folder
 
 
-def decoder_module(engine: Path):
-    """The PyTorch decoder (export.decoder.Decoder, eval mode) on the engine's weights, and the manifest."""
+def decoder_module(engine: Path, manifest: Manifest | None = None):
+    """The PyTorch model (export.model.FlashVL, eval mode) on the engine's weights, and the manifest."""
     from export.reference import rebuild
 
-    manifest = load_manifest(engine)
-    model = rebuild(manifest).eval()
-    return model, manifest
+    manifest = manifest or load_manifest(engine)
+    return rebuild(manifest).eval(), manifest
 
 
 def hf_state_dict(decoder) -> dict[str, "torch.Tensor"]:
@@ -74,7 +73,7 @@ def hf_checkpoint(engine: Path, cache: Path, progress=lambda msg: print(msg, fil
     if (folder / "done").is_file():
         return folder
     progress(f"writing the decoder as a transformers Qwen2 checkpoint in {folder}")
-    model, manifest = decoder_module(engine)
+    model, _ = decoder_module(engine, manifest)
     tmp = folder.with_name("hf.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from runtime.bench.workload import (Report, Workload, bench_image, bench_prompts, files_bytes, peak_rss_bytes,
-                                    worker_main)
+                                    ttft_ids, worker_main)
 from runtime.errors import FlashVLError
 from runtime.generate import LoopState, Timings, decode_loop
 from runtime.sampling import Sampler, SamplingConfig
@@ -25,13 +25,11 @@ GREEDY = SamplingConfig(temperature=0.0)
 
 
 def image_round(vl, image: np.ndarray, text_ids: np.ndarray) -> dict:
-    t = vl.manifest.tokens
     t0 = time.perf_counter()
     prepared = vl.prepare_image(image)  # [tiles, 3, S, S]
     enc = vl.encode_prepared(prepared)  # [1, image_tokens, D]
-    n = enc.embeds.shape[1]
-    ids = np.concatenate([[t.image_start_id], np.full(n, t.image_pad_id), [t.image_end_id], text_ids])  # [n + 2 + T]
-    logits = vl.decoder.forward(vl.embed.prompt(ids.astype(np.int64), enc.embeds), 0)  # [1, V]
+    ids = ttft_ids(vl.manifest.tokens, enc.embeds.shape[1], text_ids)  # [n + 2 + T]
+    logits = vl.decoder.forward(vl.embed.prompt(ids, enc.embeds), 0)  # [1, V]
     int(np.argmax(logits[0]))
     ttft = (time.perf_counter() - t0) * 1e3
     return {"vision_ms_per_tile": enc.vision_ms / prepared.pixels.shape[0], "ttft_ms": ttft}
@@ -56,12 +54,10 @@ def measure(engine, work: Workload) -> Report:
     vl = FlashVL.load(engine, threads=work.threads, backend="onnxruntime")  # the peers all run on the CPU
     m = vl.manifest
     g = m.graphs
-    report = Report(system="flash-vl", label=f"flash-vl {g.decoder.precision}", precision=g.decoder.precision,
-                    version=f"{vl.backend.name}")
-    if vl.backend.name == "onnxruntime":
-        import onnxruntime
+    import onnxruntime
 
-        report.version = f"onnxruntime {onnxruntime.__version__}"
+    report = Report(system="flash-vl", label=f"flash-vl {g.decoder.precision}", precision=g.decoder.precision,
+                    version=f"onnxruntime {onnxruntime.__version__}")
     ids, text_ids = bench_prompts(engine, m, work.prompt_tokens)
     image = bench_image()
     if work.prompt_tokens + work.new_tokens > vl.decoder.max_seq_len:

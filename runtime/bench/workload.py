@@ -109,25 +109,21 @@ def special_ids(tokens) -> tuple[int, ...]:
             tokens.eos_id, *tokens.stop_ids)
 
 
-def text_vocab(tokenizer_json: Path) -> int:
-    """Ids below this are the tokenizer's (the decoder's vocab may be padded beyond it)."""
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(tokenizer_json)).get_vocab_size(with_added_tokens=True)
-
-
-def added_ids(tokenizer_json: Path) -> tuple[int, ...]:
-    """Every added (control) token of the tokenizer: none of them belongs in a bench prompt."""
-    from tokenizers import Tokenizer
-
-    return tuple(Tokenizer.from_file(str(tokenizer_json)).get_added_tokens_decoder())
-
-
 def bench_prompts(engine: Path, manifest, prompt_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """The decoder prompt [N] and the TTFT text ids [TTFT_TEXT_TOKENS] every system of a run gets."""
-    path = engine / manifest.tokenizer
-    vocab, avoid = text_vocab(path), special_ids(manifest.tokens) + added_ids(path)
+    """The decoder prompt [N] and the TTFT text ids [TTFT_TEXT_TOKENS] every system of a run gets: ids below
+    the tokenizer's size (the decoder's vocab may be padded beyond it), none of its added (control) tokens."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(engine / manifest.tokenizer))
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    avoid = special_ids(manifest.tokens) + tuple(tok.get_added_tokens_decoder())
     return prompt_ids(prompt_tokens, vocab, avoid), prompt_ids(TTFT_TEXT_TOKENS, vocab, avoid, seed=1)
+
+
+def ttft_ids(tokens, image_tokens: int, text_ids: np.ndarray) -> np.ndarray:
+    """The TTFT prompt: image_start, image_tokens x image_pad, image_end, then the text ids.  [n + 2 + T] int64"""
+    return np.concatenate([[tokens.image_start_id], np.full(image_tokens, tokens.image_pad_id),
+                           [tokens.image_end_id], text_ids]).astype(np.int64)
 
 
 def bench_image(size: int = IMAGE_SIZE) -> np.ndarray:
