@@ -48,7 +48,7 @@ setup(
     version="0.1.0",
     description="Edge runtime for the Flash-VL 2B vision-language model: ONNX export, ONNX Runtime / TensorRT runtime",
     packages=find_packages(include=["runtime", "runtime.*", "export", "export.*", "calib", "calib.*"]),
-    package_data={"calib": ["images/*"]},
+    package_data={"calib": ["images/*"], "export.demo": ["checkpoint/*"]},
     python_requires=">=3.10",
     install_requires=RUNTIME,
     extras_require={

@@ -71,6 +71,14 @@ _TINY_DECODER = DecoderSpec(family="qwen2", n_layers=2, dim=64, n_heads=4, n_kv_
                             hidden_dim=128, norm_eps=1e-6, rope_theta=1e6, vocab_size=640,
                             tied_embeddings=True, max_seq_len=256, kv_layout="seq_major")
 
+# The demo model (export/demo): the same structure, small enough to train on 2 CPU cores in minutes, on
+# synthetic scenes; 128 px -> 8x8 patches -> 16 image tokens, ~1.3M parameters.
+_DEMO_VISION = VisionSpec(family="siglip", image_size=128, patch_size=16, width=96, n_layers=3, n_heads=4,
+                          mlp_dim=256, act="gelu_tanh", norm_eps=1e-6, feature="post_layernorm")
+_DEMO_DECODER = DecoderSpec(family="qwen2", n_layers=3, dim=128, n_heads=4, n_kv_heads=2, head_dim=32,
+                            hidden_dim=352, norm_eps=1e-6, rope_theta=1e6, vocab_size=512,
+                            tied_embeddings=True, max_seq_len=512, kv_layout="seq_major")
+
 # AIMv2-huge-patch14-448 tiles (32x32 patches -> 256 tokens each) + the same adapter structure + Qwen2.
 _DYNAMIC_VISION = VisionSpec(family="aimv2", image_size=448, patch_size=14, width=1536, n_layers=24, n_heads=12,
                              mlp_dim=4096, act="swiglu", norm_eps=1e-5, feature="post_rmsnorm")
@@ -85,6 +93,9 @@ PRESETS = {
                                  _siglip_preprocess(512), _CHAT, tokenizer_vocab=8192, init_std=0.02),
     "tiny": Preset("tiny", "Flash-VL-tiny (test model)", _TINY_VISION, _adapter(_TINY_VISION, _TINY_DECODER.dim),
                    _TINY_DECODER, _siglip_preprocess(64), _CHAT, tokenizer_vocab=512, init_std=0.25),
+    "demo": Preset("demo", "Flash-VL-demo (trained on synthetic scenes)", _DEMO_VISION,
+                   _adapter(_DEMO_VISION, _DEMO_DECODER.dim), _DEMO_DECODER, _siglip_preprocess(128), _CHAT,
+                   tokenizer_vocab=512, init_std=0.02),
     # ISS margin 2 cells (56 px of context past each seam): a choice, recorded in the manifest.
     "flash-vl-2b-dynamic-iss": Preset("flash-vl-2b-dynamic-iss", "Flash-VL-2Bd-ISS", _DYNAMIC_VISION,
                                       _DYNAMIC_ADAPTER, _STATIC_DECODER, _aimv2_preprocess(448), _CHAT,

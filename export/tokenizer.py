@@ -1,6 +1,6 @@
 """tokenizer.json for an engine folder, and the TokenSpec the manifest records for it.
 
-`build_chatml_tokenizer(vocab_size)` makes a Qwen2-like byte-level BPE tokenizer in code,
+`build_chatml_tokenizer(vocab_size, corpus=None)` makes a Qwen2-like byte-level BPE tokenizer in code,
 for engines exported with random weights and for the tiny models of the tests: the
 Qwen2 split regex, byte-level pre-tokenizer and decoder, no normalizer, BPE merges
 learnt from a seeded synthetic corpus of scene descriptions, then the ChatML and
@@ -55,11 +55,12 @@ N_BYTES = 256  # the byte-level alphabet every merge builds on
 # ----------------------------------------------------------------------------- building
 
 
-def build_chatml_tokenizer(vocab_size: int) -> Tokenizer:
+def build_chatml_tokenizer(vocab_size: int, corpus: list[str] | None = None) -> Tokenizer:
     """A deterministic Qwen2-like tokenizer with at most `vocab_size` tokens.
 
-    The size can come out below vocab_size when the corpus runs out of merges; a
-    model's embedding rows past the tokenizer are simply never produced by it.
+    The merges are learnt from `corpus` (default: a seeded synthetic corpus of plain
+    English about images).  The size can come out below vocab_size when the corpus runs
+    out of merges; a model's embedding rows past the tokenizer are simply never produced by it.
     """
     if vocab_size < N_BYTES + len(SPECIAL_TOKENS):
         raise ValueError(
@@ -77,7 +78,7 @@ def build_chatml_tokenizer(vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(seed=0, n_lines=6000), trainer=trainer)
+    tok.train_from_iterator(_corpus(seed=0, n_lines=6000) if corpus is None else corpus, trainer=trainer)
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     assert tok.get_vocab_size(with_added_tokens=True) <= vocab_size
     return tok
