@@ -72,7 +72,7 @@ _TINY_DECODER = DecoderSpec(family="qwen2", n_layers=2, dim=64, n_heads=4, n_kv_
                             tied_embeddings=True, max_seq_len=256, kv_layout="seq_major")
 
 # The demo model (export/demo): the same structure, small enough to train on 2 CPU cores in minutes, on
-# synthetic scenes; 128 px -> 8x8 patches -> 16 image tokens, ~1.3M parameters.
+# synthetic scenes; 128 px -> 8x8 patches -> 16 image tokens, 1.03M parameters.
 _DEMO_VISION = VisionSpec(family="siglip", image_size=128, patch_size=16, width=96, n_layers=3, n_heads=4,
                           mlp_dim=256, act="gelu_tanh", norm_eps=1e-6, feature="post_layernorm")
 _DEMO_DECODER = DecoderSpec(family="qwen2", n_layers=3, dim=128, n_heads=4, n_kv_heads=2, head_dim=32,

@@ -1,10 +1,11 @@
 """tokenizer.json for an engine folder, and the TokenSpec the manifest records for it.
 
-`build_chatml_tokenizer(vocab_size, corpus=None)` makes a Qwen2-like byte-level BPE tokenizer in code,
-for engines exported with random weights and for the tiny models of the tests: the
-Qwen2 split regex, byte-level pre-tokenizer and decoder, no normalizer, BPE merges
-learnt from a seeded synthetic corpus of scene descriptions, then the ChatML and
-Qwen2-VL special tokens last (as Qwen2 numbers them).  Same vocab_size, same bytes.
+`build_chatml_tokenizer(vocab_size, corpus=None)` makes a Qwen2-like byte-level BPE tokenizer in code:
+the Qwen2 split regex, byte-level pre-tokenizer and decoder, no normalizer, BPE merges learnt
+from `corpus`, then the ChatML and Qwen2-VL special tokens last (as Qwen2 numbers them).
+Without a corpus (engines exported with random weights, the tests' tiny models) the merges come
+from a seeded synthetic corpus of scene descriptions: same vocab_size, same bytes.  The demo
+model (export.demo) passes its own scene language.
 
 `token_spec_from_tokenizer(tok)` reads the ids of the chat and image tokens out of any
 tokenizer (built here or a checkpoint's) into a `runtime.manifest.TokenSpec`.

@@ -7,7 +7,7 @@ and run by the runtime (ONNX Runtime), never PyTorch, except where PyTorch is th
   and greedy ids equal to the PyTorch model's;
 - fp16, int8 (vision calibrated on scenes), int4: accuracy measured and bounded;
 - the camera loop over a generated mp4: every frame's caption against its scene;
-- the README's main command prints samples/scene_1.png's true caption;
+- the README's main command prints samples/scene_1.png's true caption, and samples/ holds the seeded scenes;
 - `python -m export.demo train` runs, and its checkpoint exports and loads;
 - bad input to `python -m export.demo` gets one line and exit code 2.
 """
@@ -26,7 +26,7 @@ import torch
 
 from export.build import WeightSource, export_engine
 from export.demo import accuracy, scenes, video
-from export.demo.train import Examples, greedy, normalize, scene_pixels
+from export.demo.train import Examples, greedy_ids, normalize, scene_pixels
 from export.precision import plan_from_args
 from export.presets import get_preset
 from export.weights import CheckpointArgs
@@ -45,6 +45,7 @@ FP32_CAPTION, FP32_QUESTIONS = 0.55, 0.78
 REDUCED = {"fp16": (0.55, 0.78), "int8": (0.55, 0.78), "int4": (0.55, 0.78)}  # precision: caption, questions
 MAX_DROP = 0.05  # what reduced precision may cost against fp32, in caption or question accuracy
 VIDEO_CAPTION = 0.55
+CALIB_SEED = scenes.HELD_OUT_SEED + 7  # 1000010, in the README
 
 
 def _export(out: Path, precision: str, calib: Path | None = None) -> Path:
@@ -57,10 +58,10 @@ def _export(out: Path, precision: str, calib: Path | None = None) -> Path:
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("demo")
-    calib = root / "calib"
-    calib.mkdir()
-    for i, case in enumerate(scenes.held_out(32, seed=scenes.HELD_OUT_SEED + 7)):  # not the scenes measured
-        cv2.imwrite(str(calib / f"{i}.png"), case.image)
+    calib = root / "calib"  # 32 scenes that are not the ones measured, as the README's calibration set
+    run = subprocess.run([sys.executable, "-m", "export.demo", "samples", "--out", str(calib), "--n", "32",
+                          "--seed", str(CALIB_SEED)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
     return {p: _export(root / p, p, calib if p in ("int8", "int4") else None) for p in ("fp32", "fp16", "int8", "int4")}
 
 
@@ -105,11 +106,11 @@ def test_greedy_ids_equal_pytorch(engines):
     model, _, _ = build_model(PRESET, source, tok)
     examples = Examples(tok, PRESET)
     with FlashVL.load(engines["fp32"], backend="onnxruntime") as vl:
-        for case in scenes.held_out(6, seed=scenes.HELD_OUT_SEED + 3):
+        for case in scenes.held_out(8):  # the first of the scenes the accuracy is measured on
             pixels = normalize(torch.from_numpy(scene_pixels(case.image, PRESET))[None], PRESET)
-            for prompt in (scenes.CAPTION_PROMPT, case.questions[0][0]):
-                ours = vl.generate(case.image, prompt, max_new_tokens=accuracy.MAX_NEW_TOKENS).text
-                assert ours == greedy(model, examples, pixels, prompt, accuracy.MAX_NEW_TOKENS), prompt
+            for prompt in (scenes.CAPTION_PROMPT, *(q for q, _ in case.questions)):
+                ours = vl.generate(case.image, prompt, max_new_tokens=accuracy.MAX_NEW_TOKENS).token_ids
+                assert ours == greedy_ids(model, examples, pixels, prompt, accuracy.MAX_NEW_TOKENS), prompt
 
 
 @pytest.mark.parametrize("precision", sorted(REDUCED))
@@ -129,7 +130,7 @@ def test_camera_loop_accuracy_on_a_generated_video(engines, tmp_path):
     truth = video.write_scene_video(path)
     with FlashVL.load(engines["fp32"], backend="onnxruntime") as vl:
         acc = accuracy.evaluate_video(vl, path, truth)
-    assert acc.n_captions == len(truth)  # realtime=False: every frame captioned
+    assert acc.frames == len(truth)  # realtime=False: every frame captioned
     assert acc.caption >= VIDEO_CAPTION, f"{acc.caption:.1%}: {acc.misses[:3]}"
 
 
@@ -143,6 +144,7 @@ def test_readme_command_prints_the_true_caption(engines):
 
 def test_samples_are_the_seeded_scenes():
     truth = json.loads((ROOT / "samples" / "scenes.json").read_text())
+    assert sorted(truth) == ["scene_1.png", "scene_2.png", "scene_3.png"]
     cases = scenes.held_out(len(truth), seed=scenes.SAMPLES_SEED)
     for i, case in enumerate(cases, start=1):
         committed = cv2.imread(str(ROOT / "samples" / f"scene_{i}.png"))
@@ -150,6 +152,7 @@ def test_samples_are_the_seeded_scenes():
         # the same drawing; a few anti-aliased edge pixels may differ on another OpenCV build
         assert np.mean(np.abs(committed.astype(int) - case.image.astype(int)) > 8) < 0.01
         assert truth[f"scene_{i}.png"]["caption"] == case.caption
+        assert truth[f"scene_{i}.png"]["questions"] == dict(scenes.questions(case.scene))
 
 
 def test_training_runs_and_its_checkpoint_exports(tmp_path):
@@ -164,7 +167,8 @@ def test_training_runs_and_its_checkpoint_exports(tmp_path):
     assert record["final_loss"] < 0.8 * np.log(PRESET.decoder.vocab_size), record
     engine = _export_checkpoint(out, tmp_path / "engine")
     with FlashVL.load(engine, backend="onnxruntime") as vl:
-        assert vl.generate(scenes.held_out(1)[0].image, scenes.CAPTION_PROMPT, max_new_tokens=4).token_ids
+        result = vl.generate(scenes.held_out(1)[0].image, scenes.CAPTION_PROMPT, max_new_tokens=4)
+    assert result.finish_reason in ("stop", "length") and len(result.token_ids) <= 4
 
 
 def _export_checkpoint(checkpoint: Path, out: Path) -> Path:
@@ -178,9 +182,11 @@ def _export_checkpoint(checkpoint: Path, out: Path) -> Path:
     (["eval", "--engine", "/nonexistent/engine"], "/nonexistent/engine"),
     (["train", "--out", "x", "--steps", "0"], "--steps must be at least 1"),
     (["eval", "--engine", "e", "--scenes", "0"], "--scenes must be at least 1"),
+    (["train", "--out", "x", "--seed", "-1"], "--seed must be at least 0"),
+    (["samples", "--out", "x", "--n", "0"], "--n must be at least 1"),
 ])
 def test_demo_cli_errors(argv, expected):
     run = subprocess.run([sys.executable, "-m", "export.demo", *argv], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2
     last = run.stderr.strip().splitlines()[-1]
-    assert expected in last and "Traceback" not in run.stderr
+    assert "error: " in last and expected in last and "Traceback" not in run.stderr, run.stderr

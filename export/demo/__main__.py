@@ -1,9 +1,9 @@
 """`python -m export.demo`: train the demo model, draw sample scenes, measure an engine's accuracy.
 
-    python -m export.demo train --out export/demo/checkpoint [--seed 0] [--steps 2400] [--threads 2]
-    python -m export --preset demo --checkpoint export/demo/checkpoint --out engines/demo
+    python -m export.demo train --out DIR [--seed 0] [--steps 3700] [--threads 2]
+    python -m export --preset demo --checkpoint DIR --out engines/demo
     python -m export.demo eval --engine engines/demo [--scenes 200] [--video]
-    python -m export.demo samples --out samples [--n 3]
+    python -m export.demo samples --out DIR [--n 3] [--seed 2000003]
 
 train    a Flash-VL-architecture model (SigLIP-style ViT -> pixel shuffle -> Qwen2-style decoder,
          ~1M parameters) on synthetic scenes, on the CPU; writes a Hugging Face-style checkpoint
@@ -49,10 +49,13 @@ def main(argv=None) -> int:
     s = sub.add_parser("samples", help="write sample scenes and their truth")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--n", type=int, default=3)
+    s.add_argument("--seed", type=int, help="default: the seed of samples/ (scenes.SAMPLES_SEED)")
     args = ap.parse_args(argv)
-    for name in ("steps", "batch", "pool", "threads", "eval_scenes", "scenes", "n"):
-        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    for name in ("scenes", "n"):  # train's settings are checked by TrainConfig
+        if getattr(args, name, 1) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.cmd == "samples" and args.seed is not None and args.seed < 0:
+        ap.error(f"--seed must be 0 or more, got {args.seed}")
     try:
         if args.cmd == "train":
             return _train(args, argv)
@@ -63,8 +66,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"error: {err.filename or ''}: {err.strerror or err}; check the path, its permissions and free space",
-              file=sys.stderr)
+        where = err.filename or getattr(args, "out", None) or args.engine
+        print(f"error: {where}: {err.strerror or err}; check the path, its permissions and free space", file=sys.stderr)
         return 2
 
 
@@ -92,13 +95,13 @@ def _eval(args) -> int:
                 path = Path(tmp) / "scenes.mp4"
                 truth = video.write_scene_video(path)
                 moving = accuracy.evaluate_video(vl, path, truth)
-            report.update(video_caption=moving.caption, video_frames=moving.n_captions)
+            report.update(video_caption=moving.caption, video_frames=moving.frames)
     if args.json:
         print(json.dumps(report))
         return 0
     print(f"{args.engine} ({report['backend']}), {args.scenes} held-out scenes: {still.line()}")
     if args.video:
-        print(f"camera loop over a {report['video_frames']}-frame video: caption {moving.caption:.1%} of frames")
+        print(f"camera loop: {moving.line()}")
     for miss in still.misses[:5]:
         print(f"  miss: {miss.prompt!r}: expected {miss.expected!r}, got {miss.got!r}")
     return 0
@@ -111,7 +114,8 @@ def _samples(args) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     truth = {}
-    for i, case in enumerate(scenes.held_out(args.n, seed=scenes.SAMPLES_SEED), start=1):
+    seed = scenes.SAMPLES_SEED if args.seed is None else args.seed
+    for i, case in enumerate(scenes.held_out(args.n, seed=seed), start=1):
         name = f"scene_{i}.png"
         if not cv2.imwrite(str(args.out / name), case.image):
             raise FlashVLError(f"{args.out / name}: OpenCV could not write the PNG")

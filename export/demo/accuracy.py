@@ -1,7 +1,7 @@
 """Held-out accuracy of an engine folder, through the runtime (ONNX Runtime or TensorRT), never PyTorch.
 
     evaluate(vl, n) -> Accuracy        n held-out scenes: the caption and two questions each, greedy
-    evaluate_video(vl, path, truth)    every frame of a video file through the camera loop
+    evaluate_video(vl, path, truth)    every frame of a video file through the camera loop -> VideoAccuracy
 
 Exact match: a caption or an answer counts only if it is the whole expected string.
 NumPy, OpenCV and the runtime only, so the tests and `python -m export.demo eval` share it.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from export.demo import scenes
 from runtime.api import FlashVL
+from runtime.errors import FlashVLError
 from runtime.video import Cadence, VideoSource
 
 MAX_NEW_TOKENS = 32  # the longest caption is 4 groups: ~20 tokens
@@ -62,14 +63,29 @@ def evaluate(vl: FlashVL, n: int, seed: int = scenes.HELD_OUT_SEED) -> Accuracy:
     return Accuracy(captions / n, answers / asked, n, asked, tuple(misses))
 
 
-def evaluate_video(vl: FlashVL, path: Path, truth: list[str]) -> Accuracy:
+@dataclass(frozen=True)
+class VideoAccuracy:
+    caption: float  # share of captioned frames whose caption is exact
+    frames: int  # frames captioned
+    misses: tuple[Miss, ...] = field(default=(), repr=False)
+
+    def line(self) -> str:
+        return f"caption {self.caption:.1%} of {self.frames} frames"
+
+
+def evaluate_video(vl: FlashVL, path: Path, truth: list[str]) -> VideoAccuracy:
     """Caption every frame of `path` in the camera loop (no drops); truth[i] is frame i's caption."""
     hits = total = 0
     misses: list[Miss] = []
     with vl.captions(VideoSource.file(path), scenes.CAPTION_PROMPT, Cadence(), realtime=False) as events:
         for ev in events:
+            if not 0 <= ev.frame < len(truth):
+                raise FlashVLError(f"{path}: the camera loop reported frame {ev.frame}, but the video was written "
+                                   f"with {len(truth)} frames; rewrite it with export.demo.video")
             total += 1
             hits += ev.caption == truth[ev.frame]
             if ev.caption != truth[ev.frame]:
                 misses.append(Miss(f"frame {ev.frame}", truth[ev.frame], ev.caption))
-    return Accuracy(hits / max(total, 1), 0.0, total, 0, tuple(misses))
+    if total == 0:
+        raise FlashVLError(f"{path}: the camera loop captioned no frame; check that OpenCV can read the file")
+    return VideoAccuracy(hits / total, total, tuple(misses))

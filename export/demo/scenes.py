@@ -4,8 +4,8 @@
     draw(scene) -> BGR uint8 [H, W, 3]  the picture (OpenCV; what a camera or cv2.imread gives)
     caption(scene) -> str               "Two red circles and a blue square."
     questions(scene) -> [(q, a), ...]   every question the scene answers unambiguously
-    pick_prompt(scene, rng, share)      the caption prompt (a `share` of the time) or a random question
-    held_out(n) -> [Case]               the held-out set: scenes, images, caption, two questions each
+    pick_question(scene, rng)           a random question and its answer
+    held_out(n) -> [Case]               the held-out set: scenes, images, caption, two random questions each
     corpus(n, seed) -> [str]            text in this language, for training the tokenizer
 
 NumPy and OpenCV only (no torch): the runtime's tests draw held-out scenes with it.
@@ -69,12 +69,12 @@ def sample_scene(rng: np.random.Generator, size: tuple[int, int] | None = None) 
     quadrants = rng.permutation(len(QUADRANTS))[:n]
     things = []
     for q in sorted(quadrants.tolist()):
-        size = float(rng.uniform(0.12, 0.17))
+        extent = float(rng.uniform(0.12, 0.17))
         # near the quadrant's centre, never across a midline: the whole shape stays in its quadrant
         x = (0.5 if q % 2 else 0.0) + 0.25 + float(rng.uniform(-JITTER, JITTER))
         y = (0.5 if q >= 2 else 0.0) + 0.25 + float(rng.uniform(-JITTER, JITTER))
         things.append(Thing(SHAPES[int(rng.integers(len(SHAPES)))], list(COLOURS)[int(rng.integers(len(COLOURS)))],
-                            q, x, y, size, float(rng.uniform(-15, 15))))
+                            q, x, y, extent, float(rng.uniform(-15, 15))))
     return Scene(tuple(things), int(rng.integers(len(BACKGROUNDS))), width, height,
                  noise=float(rng.uniform(0, 6)), blur=bool(rng.random() < 0.3))
 
@@ -166,19 +166,12 @@ def pick_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
     return group[int(rng.integers(len(group)))]
 
 
-def pick_prompt(scene: Scene, rng: np.random.Generator, caption_share: float) -> tuple[str, str]:
-    """(prompt, answer): the caption prompt a `caption_share` of the time, else pick_question."""
-    if rng.random() < caption_share:
-        return CAPTION_PROMPT, caption(scene)
-    return pick_question(scene, rng)
-
-
 @dataclass(frozen=True)
 class Case:
     scene: Scene
     image: np.ndarray  # BGR uint8 [H, W, 3]
     caption: str
-    questions: tuple[tuple[str, str], ...]  # two (question, answer) pairs
+    questions: tuple[tuple[str, str], ...]  # two (question, answer) pairs, drawn independently (may repeat)
 
 
 def held_out(n: int, seed: int = HELD_OUT_SEED) -> list[Case]:

@@ -11,11 +11,12 @@
    is asked for its caption and `turns - 1` questions of uniformly drawn kinds; the prefix the
    turns share (system, user, image) runs once per image and the turns continue from its KV
    cache, as the runtime's decoder does (shared_prefix_logits).
-4. AdamW with warm-up and cosine decay; the forward is export.model's own modules, run over
-   the whole sequence with a causal mask (the exported graphs run the same modules).
+4. AdamW with warm-up and cosine decay; the vision tower waits `vision_frozen_steps`, then
+   trains at `vision_lr_scale` of the rate (vision_scale).  The forward is export.model's own
+   modules (the exported graphs run the same ones).
 5. The checkpoint: model.safetensors (InternVL-style names: vision_model.*, mlp1.*,
    language_model.model.*), config.json (vision_config, llm_config, and the training record:
-   command, seed, steps, losses, held-out accuracy, torch version), tokenizer.json.
+   command, every setting, the final loss, held-out accuracy, torch version), tokenizer.json.
    `python -m export --preset demo --checkpoint DIR` loads it like any other checkpoint.
 """
 
@@ -64,9 +65,11 @@ class TrainConfig:
     eval_scenes: int = 100
 
     def __post_init__(self):
-        for name in ("steps", "batch", "turns", "pool", "threads"):
-            if getattr(self, name) < 1:
-                raise FlashVLError(f"training {name} must be at least 1, got {getattr(self, name)}")
+        least = {"steps": 1, "batch": 1, "turns": 1, "pool": 1, "threads": 1, "eval_scenes": 1, "seed": 0,
+                 "vision_frozen_steps": 0, "warmup": 1}
+        for name, low in least.items():
+            if getattr(self, name) < low:
+                raise FlashVLError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
 
 
 # ----------------------------------------------------------------------------- language
@@ -100,7 +103,7 @@ class Examples:
         the answers; continuation position t predicts t+1)."""
         encoded = [self.encode(p, a) for p, a in pairs]
         first = encoded[0][0]
-        common = min(start for _, start in encoded)  # never into an answer
+        common = min(start for _, start in encoded) - 1  # the last prompt id predicts the answer's first
         for row, _ in encoded[1:]:
             common = next((i for i in range(common) if row[i] != first[i]), common)
         assert common > first.index(self.tokens.image_end_id), "the image block must be in the shared prefix"
@@ -109,7 +112,7 @@ class Examples:
         targets = torch.full((len(pairs), t), -100, dtype=torch.int64)  # [N, T]
         for n, (row, start) in enumerate(encoded):
             conts[n, : len(row) - common] = torch.tensor(row[common:])
-            a = start - common  # the answer's first index in the continuation (>= 1: the prompt ends it)
+            a = start - common  # the answer's first index in the continuation (>= 1)
             targets[n, a - 1 : len(row) - common - 1] = torch.tensor(row[start:])
         return torch.tensor(first[:common]), conts, targets
 
@@ -169,6 +172,7 @@ def shared_prefix_logits(model: FlashVL, image: torch.Tensor, prefix: torch.Tens
     image [B, image_tokens, D] (the vision graph's output), prefix [L], conts [N, T] -> logits [N, T, V]
     """
     dec, spec = model.decoder, model.decoder.spec
+    assert spec.tied_embeddings, "the demo preset ties its embeddings: the logits use embed_tokens"
     b, n, t, el = image.shape[0], conts.shape[0], conts.shape[1], prefix.shape[0]
     ids = prefix[None].expand(b, el)  # [B, L]
     x = dec.embed_tokens(ids).masked_scatter((ids == image_pad_id)[..., None], image)  # [B, L, D]
@@ -189,8 +193,10 @@ def shared_prefix_logits(model: FlashVL, image: torch.Tensor, prefix: torch.Tens
 
 
 @torch.no_grad()
-def greedy(model: FlashVL, examples: Examples, pixels: torch.Tensor, prompt: str, max_new_tokens: int = 24) -> str:
-    """Greedy answer of the PyTorch model for one image [1, 3, S, S] (no KV cache: short answers)."""
+def greedy_ids(model: FlashVL, examples: Examples, pixels: torch.Tensor, prompt: str,
+               max_new_tokens: int = 24) -> list[int]:
+    """Greedy ids of the PyTorch model for one image [1, 3, S, S], the stop token excluded (no KV
+    cache: answers are short)."""
     ids = examples.chat.encode_prompt(prompt, examples.image_tokens).tolist()
     out: list[int] = []
     for _ in range(max_new_tokens):
@@ -199,7 +205,11 @@ def greedy(model: FlashVL, examples: Examples, pixels: torch.Tensor, prompt: str
         if nxt in examples.tokens.stop_ids:
             break
         out.append(nxt)
-    return examples.chat.decode(out)
+    return out
+
+
+def greedy(model: FlashVL, examples: Examples, pixels: torch.Tensor, prompt: str, max_new_tokens: int = 24) -> str:
+    return examples.chat.decode(greedy_ids(model, examples, pixels, prompt, max_new_tokens))
 
 
 def held_out_accuracy(model: FlashVL, examples: Examples, preset: Preset, n: int) -> dict[str, float]:
@@ -233,6 +243,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def train(cfg: TrainConfig, command: str = "") -> dict:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    cfg.out.mkdir(parents=True, exist_ok=True)  # a bad --out fails now, not after the training
     preset = get_preset(PRESET)
     tok = demo_tokenizer()
     examples = Examples(tok, preset)
