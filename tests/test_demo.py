@@ -22,11 +22,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from export.build import WeightSource, export_engine
 from export.demo import accuracy, scenes, video
-from export.demo.train import Examples, greedy_ids, normalize, scene_pixels
+from export.demo.train import Examples, greedy_ids, image_embeds
 from export.precision import plan_from_args
 from export.presets import get_preset
 from export.weights import CheckpointArgs
@@ -107,10 +106,10 @@ def test_greedy_ids_equal_pytorch(engines):
     examples = Examples(tok, PRESET)
     with FlashVL.load(engines["fp32"], backend="onnxruntime") as vl:
         for case in scenes.held_out(8):  # the first of the scenes the accuracy is measured on
-            pixels = normalize(torch.from_numpy(scene_pixels(case.image, PRESET))[None], PRESET)
+            embeds = image_embeds(model, case.image, PRESET)
             for prompt in (scenes.CAPTION_PROMPT, *(q for q, _ in case.questions)):
                 ours = vl.generate(case.image, prompt, max_new_tokens=accuracy.MAX_NEW_TOKENS).token_ids
-                assert ours == greedy_ids(model, examples, pixels, prompt, accuracy.MAX_NEW_TOKENS), prompt
+                assert ours == greedy_ids(model, examples, embeds, prompt, accuracy.MAX_NEW_TOKENS), prompt
 
 
 @pytest.mark.parametrize("precision", sorted(REDUCED))

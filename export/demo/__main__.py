@@ -74,7 +74,8 @@ def main(argv=None) -> int:
 def _train(args, argv) -> int:
     from export.demo.train import TrainConfig, train  # torch: only here
 
-    given = {k: getattr(args, k) for k in ("steps", "batch", "pool", "vision_frozen_steps", "eval_scenes") if getattr(args, k) is not None}
+    settings = ("steps", "batch", "pool", "vision_frozen_steps", "eval_scenes")
+    given = {k: getattr(args, k) for k in settings if getattr(args, k) is not None}  # else TrainConfig's defaults
     cfg = TrainConfig(out=args.out, seed=args.seed, threads=args.threads, **given)
     command = "python -m export.demo " + shlex.join(sys.argv[1:] if argv is None else argv)
     record = train(cfg, command)

@@ -40,26 +40,22 @@ class Accuracy:
                 f"questions {self.questions:.1%} of {self.n_questions}")
 
 
-def _answer(vl: FlashVL, image, prompt: str) -> str:
-    return vl.generate(image, prompt, max_new_tokens=MAX_NEW_TOKENS).text
-
-
 def evaluate(vl: FlashVL, n: int, seed: int = scenes.HELD_OUT_SEED) -> Accuracy:
     """Greedy caption and two answers for each of n held-out scenes (scenes.held_out)."""
     misses: list[Miss] = []
+
+    def says(encoded, prompt: str, expected: str) -> bool:
+        got = vl.generate(encoded, prompt, max_new_tokens=MAX_NEW_TOKENS).text
+        if got != expected:
+            misses.append(Miss(prompt, expected, got))
+        return got == expected
+
     captions = answers = asked = 0
     for case in scenes.held_out(n, seed):
         encoded = vl.encode_prepared(vl.prepare_image(case.image))  # the vision graph once, three prompts
-        got = _answer(vl, encoded, scenes.CAPTION_PROMPT)
-        captions += got == case.caption
-        if got != case.caption:
-            misses.append(Miss(scenes.CAPTION_PROMPT, case.caption, got))
-        for q, a in case.questions:
-            got = _answer(vl, encoded, q)
-            answers += got == a
-            asked += 1
-            if got != a:
-                misses.append(Miss(q, a, got))
+        captions += says(encoded, scenes.CAPTION_PROMPT, case.caption)
+        answers += sum(says(encoded, q, a) for q, a in case.questions)
+        asked += len(case.questions)
     return Accuracy(captions / n, answers / asked, n, asked, tuple(misses))
 
 

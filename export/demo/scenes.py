@@ -62,7 +62,7 @@ class Scene:
 
 def sample_scene(rng: np.random.Generator, size: tuple[int, int] | None = None) -> Scene:
     """A random scene, SIZES-shaped or of `size` (width, height)."""
-    width, height = SIZES[int(rng.integers(len(SIZES)))]
+    width, height = SIZES[int(rng.integers(len(SIZES)))]  # drawn either way: `size` must not shift the stream
     if size is not None:
         width, height = size
     n = int(rng.integers(1, MAX_OBJECTS + 1))

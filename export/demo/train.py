@@ -34,15 +34,18 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 from torch.nn import functional as F
 
-from export import progress
+from export import progress, reference
 from export.decoder import rope_cos_sin
 from export.demo import scenes
+from export.demo.accuracy import MAX_NEW_TOKENS
 from export.model import FlashVL
+from export.peers.weights import qwen2_config
 from export.presets import DEFAULT_SYSTEM, Preset, get_preset
 from export.tokenizer import IM_END, IM_START, build_chatml_tokenizer, token_spec_from_tokenizer
 from export.weights import random_weights
 from runtime.chat import ChatTokenizer
 from runtime.errors import FlashVLError
+from runtime.generate import Timings
 from runtime.image import resize_pil_bicubic
 
 PRESET = "demo"
@@ -149,21 +152,6 @@ def draw_pool(n: int, seed: int, preset: Preset) -> tuple[list[scenes.Scene], to
 # ----------------------------------------------------------------------------- model
 
 
-def sequence_logits(model: FlashVL, pixels: torch.Tensor, ids: torch.Tensor, image_pad_id: int) -> torch.Tensor:
-    """pixels [B, 3, S, S], ids [B, T] -> logits [B, T, V] at every position (training and the PyTorch check)."""
-    dec = model.decoder
-    b, t = ids.shape
-    image = model.vision_graph(pixels)  # [B, image_tokens, D]
-    x = dec.embed_tokens(ids)  # [B, T, D]
-    x = x.masked_scatter((ids == image_pad_id)[..., None], image)  # image rows in order, as runtime.embedding
-    cos, sin = rope_cos_sin(torch.arange(t)[None].expand(b, t), dec.spec.head_dim, dec.spec.rope_theta)
-    causal = torch.ones(t, t, dtype=torch.bool).tril()  # [T, T]
-    empty = torch.zeros(0, b, dec.spec.n_kv_heads, dec.spec.head_dim)  # [0, B, Hkv, hd]: no past
-    for layer in dec.layers:
-        x, _, _ = layer(x, cos, sin, causal, empty, empty)  # [B, T, D]
-    return F.linear(dec.norm(x), dec.embed_tokens.weight)  # [B, T, V]
-
-
 def shared_prefix_logits(model: FlashVL, image: torch.Tensor, prefix: torch.Tensor, conts: torch.Tensor,
                          image_pad_id: int) -> torch.Tensor:
     """Training's forward: each image's prefix (system, user, image) runs once, then its K turns
@@ -193,33 +181,33 @@ def shared_prefix_logits(model: FlashVL, image: torch.Tensor, prefix: torch.Tens
 
 
 @torch.no_grad()
-def greedy_ids(model: FlashVL, examples: Examples, pixels: torch.Tensor, prompt: str,
-               max_new_tokens: int = 24) -> list[int]:
-    """Greedy ids of the PyTorch model for one image [1, 3, S, S], the stop token excluded (no KV
-    cache: answers are short)."""
-    ids = examples.chat.encode_prompt(prompt, examples.image_tokens).tolist()
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        logits = sequence_logits(model, pixels, torch.tensor([ids + out]), examples.tokens.image_pad_id)
-        nxt = int(logits[0, -1].argmax())
-        if nxt in examples.tokens.stop_ids:
-            break
-        out.append(nxt)
-    return out
+def image_embeds(model: FlashVL, bgr: np.ndarray, preset: Preset) -> torch.Tensor:
+    """BGR uint8 [H, W, 3] -> the PyTorch vision graph's image embeddings [1, image_tokens, D]."""
+    return model.vision_graph(normalize(torch.from_numpy(scene_pixels(bgr, preset))[None], preset))
 
 
-def greedy(model: FlashVL, examples: Examples, pixels: torch.Tensor, prompt: str, max_new_tokens: int = 24) -> str:
-    return examples.chat.decode(greedy_ids(model, examples, pixels, prompt, max_new_tokens))
+def greedy_ids(model: FlashVL, examples: Examples, embeds: torch.Tensor, prompt: str,
+               max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
+    """Greedy ids of the PyTorch model for one image's embeddings [1, image_tokens, D], the stop token
+    excluded: export.reference's KV-cached loop over the decoder module the graphs are exported from."""
+    t = examples.tokens
+    ids = examples.chat.encode_prompt(prompt, examples.image_tokens)  # [P]
+    out, _ = reference.greedy(model, ids, embeds, t.image_pad_id, max_new_tokens, t.stop_ids,
+                              model.preset.decoder.max_seq_len, Timings(), time.perf_counter())
+    return [i for i in out if i not in t.stop_ids]
 
 
 def held_out_accuracy(model: FlashVL, examples: Examples, preset: Preset, n: int) -> dict[str, float]:
     """Exact-match caption and question accuracy of the PyTorch model on n held-out scenes."""
+    def says(embeds, prompt: str, expected: str) -> bool:
+        return examples.chat.decode(greedy_ids(model, examples, embeds, prompt)) == expected
+
     hits = {"caption": 0, "questions": 0}
     cases = scenes.held_out(n)
     for case in cases:
-        pixels = normalize(torch.from_numpy(scene_pixels(case.image, preset))[None], preset)
-        hits["caption"] += greedy(model, examples, pixels, scenes.CAPTION_PROMPT) == case.caption
-        hits["questions"] += sum(greedy(model, examples, pixels, q) == a for q, a in case.questions)
+        embeds = image_embeds(model, case.image, preset)  # the vision graph once, three prompts
+        hits["caption"] += says(embeds, scenes.CAPTION_PROMPT, case.caption)
+        hits["questions"] += sum(says(embeds, q, a) for q, a in case.questions)
     return {"caption": hits["caption"] / n, "questions": hits["questions"] / sum(len(c.questions) for c in cases)}
 
 
@@ -317,12 +305,7 @@ def write_checkpoint(model: FlashVL, tok: Tokenizer, out: Path, record: dict) ->
                           "num_hidden_layers": v.n_layers, "num_attention_heads": v.n_heads,
                           "intermediate_size": v.mlp_dim, "patch_size": v.patch_size, "image_size": v.image_size,
                           "layer_norm_eps": v.norm_eps, "hidden_act": "gelu_pytorch_tanh"},
-        "llm_config": {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": d.dim,
-                       "num_hidden_layers": d.n_layers, "num_attention_heads": d.n_heads,
-                       "num_key_value_heads": d.n_kv_heads, "intermediate_size": d.hidden_dim,
-                       "vocab_size": d.vocab_size, "rope_theta": d.rope_theta, "rms_norm_eps": d.norm_eps,
-                       "tie_word_embeddings": d.tied_embeddings, "max_position_embeddings": d.max_seq_len,
-                       "hidden_act": "silu"},
+        "llm_config": qwen2_config(d, eos_id=token_spec_from_tokenizer(tok).stop_ids[0]),
         "training": record,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
