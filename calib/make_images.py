@@ -11,9 +11,11 @@ charts, textures at several scales, a low-light and an over-exposed photo and tw
 UI screenshots, in sizes from 400x1000 to 1280x720, JPEG (quality 90) and PNG.
 
 Deterministic: each image is drawn from its own generator, seeded with SEED and
-the file name, so one image can be redrawn alone and a run reproduces the
-committed files byte for byte (on the same OpenCV and NumPy builds; another
-libjpeg, zlib or a change in cv2's drawing could alter bytes, not the content).
+the file name, so one image can be redrawn alone. A run reproduces the committed
+files byte for byte on the OpenCV that wrote them (WRITTEN_WITH). Another build
+writes other bytes for the same pictures: its libjpeg rounds differently, and
+OpenCV's text rendering changed between builds (5.1's font metrics wrap the
+paragraphs at other words). tests/test_calib_sources.py bounds the difference.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import cv2
 import numpy as np
 
 SEED = 20240611
+WRITTEN_WITH = "5.0."  # the OpenCV version prefix that wrote calib/images/
 DEFAULT_OUT = Path(__file__).resolve().parent / "images"
 JPEG_QUALITY = 90
 FONT = cv2.FONT_HERSHEY_SIMPLEX

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO_CHECKPOINT = ROOT / "export" / "demo" / "checkpoint"
 # Nothing here may reach a model hub: transformers builds every reference model from a config.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -43,6 +44,18 @@ def tiny_engine(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("engines") / "tiny"
     export_engine(get_preset("tiny"), WeightSource(seed=0), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_engine(tmp_path_factory) -> Path:
+    """engines/demo as the README's command 1 writes it: the committed demo checkpoint, exported at fp32."""
+    from export.build import WeightSource, export_engine
+    from export.presets import get_preset
+    from export.weights import CheckpointArgs
+
+    out = tmp_path_factory.mktemp("engines") / "demo"
+    export_engine(get_preset("demo"), WeightSource(checkpoint=CheckpointArgs(checkpoint=DEMO_CHECKPOINT)), out)
     return out
 
 

@@ -15,9 +15,15 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.extras import needs
+
+needs("export")
+
 from runtime.bench import report as rep
 from runtime.bench.workload import FIGURES, Report, Workload, prompt_ids, summarise
 from tests.conftest import assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.bench  # .ci/run runs these again once the [bench] extra is installed
 
 HAVE_GENAI = importlib.util.find_spec("onnxruntime_genai") is not None
 HAVE_PLOT = importlib.util.find_spec("matplotlib") is not None

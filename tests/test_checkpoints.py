@@ -14,6 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.extras import needs
+
+needs("export")
+
 import torch
 from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel

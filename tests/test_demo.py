@@ -23,6 +23,10 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.extras import needs
+
+needs("export")
+
 from export.build import WeightSource, export_engine
 from export.demo import accuracy, scenes, video
 from export.demo.train import Examples, greedy_ids, image_embeds
@@ -31,9 +35,8 @@ from export.presets import get_preset
 from export.weights import CheckpointArgs
 from calib.calibrate import CalibConfig
 from runtime.api import FlashVL
+from tests.conftest import DEMO_CHECKPOINT as CHECKPOINT, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINT = ROOT / "export" / "demo" / "checkpoint"
 PRESET = get_preset("demo")
 N_SCENES = 200
 # Thresholds: a little under what the committed checkpoint reaches (README, Demo model), so a
@@ -55,13 +58,14 @@ def _export(out: Path, precision: str, calib: Path | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory) -> dict[str, Path]:
+def engines(tmp_path_factory, demo_engine) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("demo")
     calib = root / "calib"  # 32 scenes that are not the ones measured, as the README's calibration set
     run = subprocess.run([sys.executable, "-m", "export.demo", "samples", "--out", str(calib), "--n", "32",
                           "--seed", str(CALIB_SEED)], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
-    return {p: _export(root / p, p, calib if p in ("int8", "int4") else None) for p in ("fp32", "fp16", "int8", "int4")}
+    reduced = {p: _export(root / p, p, calib if p in ("int8", "int4") else None) for p in ("fp16", "int8", "int4")}
+    return {"fp32": demo_engine, **reduced}
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +156,30 @@ def test_samples_are_the_seeded_scenes():
         assert np.mean(np.abs(committed.astype(int) - case.image.astype(int)) > 8) < 0.01
         assert truth[f"scene_{i}.png"]["caption"] == case.caption
         assert truth[f"scene_{i}.png"]["questions"] == dict(scenes.questions(case.scene))
+
+
+def test_samples_video_is_the_seeded_scene_video():
+    """samples/scenes.mp4 is `export.demo samples --video`'s: the held-out scene video, each frame's truth recorded."""
+    record = json.loads((ROOT / "samples" / "scenes_video.json").read_text())
+    assert (record["fps"], record["size"], record["seed"]) == (video.FPS, list(video.SIZE), video.SEED)
+    rng = np.random.default_rng(video.SEED)
+    cap = cv2.VideoCapture(str(ROOT / "samples" / "scenes.mp4"))
+    truth, drawn = [], []
+    for i in range(video.N_SCENES):
+        scene = scenes.sample_scene(rng, video.SIZE)
+        for k in range(video.FRAMES_PER_SCENE):
+            truth.append(scenes.caption(scene))
+            drawn.append(scenes.draw(scene, seed=video.SEED + i * video.FRAMES_PER_SCENE + k).astype(int))
+    frames = []
+    ok, frame = cap.read()
+    while ok:
+        frames.append(frame.astype(int))
+        ok, frame = cap.read()
+    assert record["frame_captions"] == truth and len(frames) == len(truth)
+    # mp4v is lossy and each frame has its own noise: the same drawing is within 8 levels on average
+    # (4.7 at worst here); a frame of another scene is far outside that
+    assert max(np.abs(f - d).mean() for f, d in zip(frames, drawn)) < 8
+    assert np.abs(frames[0] - drawn[video.FRAMES_PER_SCENE]).mean() > 8
 
 
 def test_training_runs_and_its_checkpoint_exports(tmp_path):

@@ -11,6 +11,11 @@ import json
 
 import numpy as np
 import pytest
+
+from tests.extras import needs
+
+needs("export")
+
 import torch
 
 from export.reference import rebuild, run as reference_run

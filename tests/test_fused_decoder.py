@@ -8,8 +8,13 @@ import collections
 import dataclasses
 
 import numpy as np
-import onnx
 import pytest
+
+from tests.extras import needs
+
+needs("export")
+
+import onnx
 import torch
 
 from export.fused_decoder import rope_tables

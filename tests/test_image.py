@@ -7,9 +7,14 @@ import os
 
 import cv2
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import pytest
+
+from tests.extras import needs
+
+needs("export")
+
 from PIL import Image
 from transformers.image_transforms import convert_to_rgb
 from transformers.image_utils import PILImageResampling

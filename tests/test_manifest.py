@@ -6,10 +6,15 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
+
+from tests.extras import needs
+
+needs("export")
+
 import onnx
 import onnx.numpy_helper
 import onnxruntime as ort
-import pytest
 
 from runtime import graph_io as io
 from runtime.errors import EngineError

@@ -12,6 +12,11 @@ import inspect
 
 import numpy as np
 import pytest
+
+from tests.extras import needs
+
+needs("export")
+
 import torch
 from hypothesis import given, settings, strategies as st
 from transformers import (Aimv2VisionConfig, Aimv2VisionModel, DynamicCache, Qwen2Config, Qwen2ForCausalLM,

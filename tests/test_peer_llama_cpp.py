@@ -14,14 +14,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+import pytest
+
+from tests.extras import needs
+
+needs("export")
+needs("bench", only=("gguf",))
 
 import gguf
 import numpy as np
-import pytest
 
 from export.peers.gguf_file import PRECISIONS, bpe_vocab, write_gguf
 from runtime.bench.workload import Report, Workload, bench_prompts, worker_args
 from tests.conftest import ROOT, assert_one_line_error, run_cli
+
+pytestmark = pytest.mark.bench  # .ci/run runs these again once the [bench] extra is installed
 
 Q = gguf.GGMLQuantizationType
 WORKER = "export.peers.llama_cpp"

@@ -22,8 +22,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
+
+from tests.extras import needs
+
+needs("export")
+
+import onnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays

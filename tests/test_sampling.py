@@ -12,6 +12,11 @@ import sys
 
 import numpy as np
 import pytest
+
+from tests.extras import needs
+
+needs("export")
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -14,9 +14,13 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import pytest
+
+from tests.extras import needs
+
+needs("export")
 
 from runtime import graph_io as io
 from runtime.api import FlashVL

@@ -13,9 +13,13 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import pytest
+
+from tests.extras import needs
+
+needs("export")
 
 import onnx
-import pytest
 from onnx import numpy_helper
 
 from runtime import graph_io as io

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
+
+from tests.extras import needs
+
+needs("export")
+
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from export.trt_lint import (TRT_10_3_MAX_OPSET, TRT_10_3_OPS, TRT_OPS_ADDED_AFTER_10_3, lint_file,

@@ -3,7 +3,7 @@
     python -m export.demo train --out DIR [--seed 0] [--steps 3700] [--threads 2]
     python -m export --preset demo --checkpoint DIR --out engines/demo
     python -m export.demo eval --engine engines/demo [--scenes 200] [--video]
-    python -m export.demo samples --out DIR [--n 3] [--seed 2000003]
+    python -m export.demo samples --out DIR [--n 3] [--seed 2000003] [--video]
 
 train    a Flash-VL-architecture model (SigLIP-style ViT -> pixel shuffle -> Qwen2-style decoder,
          ~1M parameters) on synthetic scenes, on the CPU; writes a Hugging Face-style checkpoint
@@ -11,7 +11,9 @@ train    a Flash-VL-architecture model (SigLIP-style ViT -> pixel shuffle -> Qwe
 eval     exact-match caption and question accuracy on held-out scenes, through the runtime
          (ONNX Runtime or TensorRT, never PyTorch); --video also captions a generated video
          in the camera loop.
-samples  scene_N.png and scenes.json (each image's true caption and answers).
+samples  scene_N.png and scenes.json (each image's true caption and answers); --video also
+         scenes.mp4 (the held-out video `eval --video` captions) and scenes_video.json (each
+         frame's true caption).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--n", type=int, default=3)
     s.add_argument("--seed", type=int, help="default: the seed of samples/ (scenes.SAMPLES_SEED)")
+    s.add_argument("--video", action="store_true", help="also scenes.mp4 and scenes_video.json")
     args = ap.parse_args(argv)
     for name in ("scenes", "n"):  # train's settings are checked by TrainConfig
         if getattr(args, name, 1) < 1:
@@ -123,6 +126,14 @@ def _samples(args) -> int:
         truth[name] = {"caption": case.caption, "questions": dict(scenes.questions(case.scene))}
     (args.out / "scenes.json").write_text(json.dumps(truth, indent=1) + "\n")
     print(f"wrote {args.n} scenes and scenes.json to {args.out}")
+    if args.video:
+        from export.demo import video
+
+        frames = video.write_scene_video(args.out / "scenes.mp4")
+        record = {"video": "scenes.mp4", "fps": video.FPS, "size": list(video.SIZE), "seed": video.SEED,
+                  "frame_captions": frames}
+        (args.out / "scenes_video.json").write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote scenes.mp4 ({len(frames)} frames at {video.FPS} fps) and scenes_video.json to {args.out}")
     return 0
 
 
