@@ -243,7 +243,7 @@ class FlashVL:
     def overlaps_by_default(self) -> bool:
         """Whether the camera loop prepares frame N+1 while decoding N unless told: yes where the model runs
         on a GPU (the CPU is free); not on an ONNX Runtime CPU, where both halves want the same cores
-        (measured on 2 cores at full size: no more captions/s, 42% more latency; README)."""
+        (measured on 2 cores at full size: 3% more captions/s for 44% more latency; docs/camera-streams.md)."""
         return self.backend.name == TENSORRT
 
     @property

@@ -51,7 +51,7 @@ def session_options(threads: int | None, spinning: bool = True, arena: bool = Tr
     if not spinning:
         # Idle pool threads sleep instead of spinning.  A lone request decodes faster with spinning; the
         # camera loop, where a capture thread and a second session share the cores, runs faster without
-        # (README, Camera and video streams: measured).
+        # (docs/camera-streams.md: measured).
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3

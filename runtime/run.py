@@ -60,7 +60,7 @@ def parse_args(argv):
     src.add_argument("--video", metavar="PATH", help="a video file (or a URL of a finite file)")
     src.add_argument("--url", metavar="URL", help="a live stream: rtsp://..., http://... (reconnected when it drops)")
     src.add_argument("--gst", metavar="PIPELINE", help="a GStreamer pipeline ending in appsink (Jetson CSI camera: "
-                                                       "see the README); needs an OpenCV built with GStreamer")
+                                                       "see docs/camera-streams.md); needs an OpenCV built with GStreamer")
     stream_options = []  # the stream options; each means nothing without a source
 
     def opt(*names, **kw):

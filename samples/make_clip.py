@@ -1,4 +1,4 @@
-"""Write samples/clip.mp4, the README's video: 10 s at 15 fps, 640x360, made from the sample pictures.
+"""Write samples/clip.mp4, the street clip of docs/camera-streams.md: 10 s at 15 fps, 640x360, made from the sample pictures.
 
     python samples/make_clip.py [OUT [WIDTH HEIGHT FPS]]     e.g. /tmp/cam720p60.mp4 1280 720 60
 

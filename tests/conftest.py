@@ -12,10 +12,17 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.extras import needs
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CHECKPOINT = ROOT / "export" / "demo" / "checkpoint"
 # Nothing here may reach a model hub: transformers builds every reference model from a config.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("extra"):  # @pytest.mark.extra("export"): see tests/extras.py
+        needs(*mark.args)
 
 
 def run_cli(*args: str, env_extra: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -39,6 +46,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
 @pytest.fixture(scope="session")
 def tiny_engine(tmp_path_factory) -> Path:
     """engines/tiny as `python -m export --preset tiny --random-weights --seed 0` writes it."""
+    needs("export")
     from export.build import WeightSource, export_engine
     from export.presets import get_preset
 
@@ -50,6 +58,7 @@ def tiny_engine(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_engine(tmp_path_factory) -> Path:
     """engines/demo as the README's command 1 writes it: the committed demo checkpoint, exported at fp32."""
+    needs("export")
     from export.build import WeightSource, export_engine
     from export.presets import get_preset
     from export.weights import CheckpointArgs
@@ -62,6 +71,7 @@ def demo_engine(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dynamic_engine(tmp_path_factory) -> Path:
     """The tiny AIMv2 + ISS engine: `python -m export --preset tiny-dynamic --random-weights --seed 0`."""
+    needs("export")
     from export.build import WeightSource, export_engine
     from export.presets import get_preset
 
@@ -114,6 +124,7 @@ def test_images(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_fused_engine(tmp_path_factory) -> Path:
     """The tiny weights of `tiny_engine` as the onnxruntime flavour: the fused decoder (export.fused_decoder)."""
+    needs("export")
     from export.build import WeightSource, export_engine
     from export.precision import plan_from_args
     from export.presets import get_preset
@@ -136,6 +147,7 @@ PRECISION_PLANS = {
 
 @pytest.fixture(scope="session")
 def precision_engines(tmp_path_factory) -> dict[str, Path]:
+    needs("export")
     from calib.calibrate import DEFAULT_IMAGES, CalibConfig
     from export.build import WeightSource, export_engine
     from export.precision import plan_from_args

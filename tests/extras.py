@@ -30,7 +30,8 @@ def missing(extra: str) -> list[str]:
 
 
 def needs(extra: str, *, only: tuple[str, ...] = ()) -> None:
-    """Skip the calling module unless `extra` (or just its packages named in `only`) is installed."""
+    """Skip the calling module (at its top) or test (in a fixture) unless `extra`, or just its packages
+    named in `only`, is installed."""
     gone = [p for p in missing(extra) if not only or p in only]
     if gone:
         pytest.skip(f"needs the [{extra}] extra ({', '.join(gone)} not installed): "

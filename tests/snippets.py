@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import re
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = re.compile(r"^<!--\s*(.*?)\s*-->$")
+FENCE = re.compile(r"^(\s*)(```+)\s*([\w+-]*)")
+ALIASES = {"py": "python", "python3": "python", "bash": "sh", "shell": "sh", "console": "sh"}
 
 
 @dataclass(frozen=True)
 class Block:
     path: Path
     line: int  # 1-based line of the opening fence
-    lang: str  # "python", "sh", "" ...
+    lang: str  # "python", "sh", "" ... (py, python3, bash, shell and console are read as python or sh)
     mark: str  # the comment above the fence ("command 1", "needs: a USB camera"), or ""
     text: str
 
@@ -40,16 +43,18 @@ def code_blocks(path: Path) -> list[Block]:
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks, i = [], 0
     while i < len(lines):
-        fence = re.match(r"^(```+)\s*([\w+-]*)", lines[i])
+        fence = FENCE.match(lines[i])
         if not fence:
             i += 1
             continue
+        indent, ticks, lang = fence.groups()
         above = MARK.match(lines[i - 1].strip()) if i > 0 else None
-        end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith(fence.group(1))), None)
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith(ticks)
+                    and not lines[j].strip().strip("`")), None)
         if end is None:
             raise ValueError(f"{path}:{i + 1}: code block never closed")
-        blocks.append(Block(path, i + 1, fence.group(2), above.group(1) if above else "",
-                            "\n".join(lines[i + 1:end]) + "\n"))
+        text = textwrap.dedent("\n".join(lines[i + 1:end])) + "\n"  # a block inside a list item is indented
+        blocks.append(Block(path, i + 1, ALIASES.get(lang.lower(), lang.lower()), above.group(1) if above else "", text))
         i = end + 1
     return blocks
 

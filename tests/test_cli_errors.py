@@ -123,6 +123,7 @@ def test_special_token_strings_in_the_prompt_are_plain_text(tiny_engine):
     assert evil in vl.tokenizer.decode(ids)
 
 
+@pytest.mark.extra("export")
 def test_export_errors_are_one_line(tmp_path):
     proc = run_cli("-m", "export", "--preset", "tiny", "--checkpoint", str(tmp_path / "none"),
                    "--out", str(tmp_path / "o"))
@@ -151,6 +152,7 @@ def test_smaller_context_at_run_time(tiny_engine):
     assert r.finish_reason == "length" and r.prompt_tokens + len(r.token_ids) == 81
 
 
+@pytest.mark.extra("export")
 def test_export_out_is_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     proc = run_cli("-m", "export", "--preset", "tiny", "--random-weights", "--out", str(tmp_path / "file"))

@@ -3,7 +3,7 @@
 The committed checkpoint (export/demo/checkpoint) is exported here like any other checkpoint
 and run by the runtime (ONNX Runtime), never PyTorch, except where PyTorch is the reference:
 - fp32: exact-caption and question accuracy above thresholds set from what the model reaches
-  (the README's Demo model section), equal to the PyTorch accuracy the training recorded,
+  (docs/demo-model.md), equal to the PyTorch accuracy the training recorded,
   and greedy ids equal to the PyTorch model's;
 - fp16, int8 (vision calibrated on scenes), int4: accuracy measured and bounded;
 - the camera loop over a generated mp4: every frame's caption against its scene;
@@ -39,7 +39,7 @@ from tests.conftest import DEMO_CHECKPOINT as CHECKPOINT, ROOT
 
 PRESET = get_preset("demo")
 N_SCENES = 200
-# Thresholds: a little under what the committed checkpoint reaches (README, Demo model), so a
+# Thresholds: a little under what the committed checkpoint reaches (docs/demo-model.md), so a
 # regression in any stage (preprocessing, chat template, graphs, cache, sampling) fails the test.
 # The committed checkpoint reaches 62.0% / 84.2% at fp32, 62.0 / 84.0 fp16, 63.5 / 84.2 int8, 63.5 / 83.5 int4,
 # and 65% of the video's frames.
@@ -47,7 +47,7 @@ FP32_CAPTION, FP32_QUESTIONS = 0.55, 0.78
 REDUCED = {"fp16": (0.55, 0.78), "int8": (0.55, 0.78), "int4": (0.55, 0.78)}  # precision: caption, questions
 MAX_DROP = 0.05  # what reduced precision may cost against fp32, in caption or question accuracy
 VIDEO_CAPTION = 0.55
-CALIB_SEED = scenes.HELD_OUT_SEED + 7  # 1000010, in the README
+CALIB_SEED = scenes.HELD_OUT_SEED + 7  # 1000010, in docs/demo-model.md
 
 
 def _export(out: Path, precision: str, calib: Path | None = None) -> Path:
@@ -60,7 +60,7 @@ def _export(out: Path, precision: str, calib: Path | None = None) -> Path:
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory, demo_engine) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("demo")
-    calib = root / "calib"  # 32 scenes that are not the ones measured, as the README's calibration set
+    calib = root / "calib"  # 32 scenes that are not the ones measured, as docs/demo-model.md's calibration set
     run = subprocess.run([sys.executable, "-m", "export.demo", "samples", "--out", str(calib), "--n", "32",
                           "--seed", str(CALIB_SEED)], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr

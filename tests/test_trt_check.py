@@ -93,7 +93,7 @@ def run_main(capsys, argv, trt_runner_for) -> subprocess.CompletedProcess:
 
 def test_same_graphs_pass(trt_engine, capsys):
     proc = run_main(capsys, ["--engine", str(trt_engine)], stand_in(trt_engine))
-    print(proc.stdout)  # the README's passing example: pytest -s
+    print(proc.stdout)  # docs/tensorrt-jetson.md's passing example: pytest -s
     assert proc.returncode == 0, proc.stdout + proc.stderr
     n_layers = load_manifest(trt_engine).decoder.n_layers
     assert f"all {1 + 2 * (1 + 2 * n_layers)} outputs within tolerance" in proc.stdout
@@ -125,7 +125,7 @@ def test_broken_decoder_fails_on_the_right_outputs(trt_engine, broken_decoder, c
     assert [t["plan"] for t in report["next_tokens"]] == ["decoder.plan", "decoder.plan"]
 
     proc = run_main(capsys, ["--engine", str(trt_engine)], stand_in(trt_engine, broken_decoder))
-    print(proc.stdout)  # the README's failing example: pytest -s
+    print(proc.stdout)  # docs/tensorrt-jetson.md's failing example: pytest -s
     assert proc.returncode == 1
     assert "| decoder.plan | 0 prefill | logits |" in proc.stdout and "| FAIL |" in proc.stdout
     n_outputs = 1 + 2 * (1 + 2 * (last + 1))

@@ -9,7 +9,7 @@ artefacts average out; about 1 ms for a 1080p frame on a 2-core CPU).
 
 0 means the same picture, 1 black against white; the number is roughly the changed fraction of
 the frame times the contrast.  Colour counts, not only brightness (a red object on a gray road of
-the same luminance is a change).  Measured on samples/clip.mp4 (the README's clip): the still
+the same luminance is a change).  Measured on samples/clip.mp4 (docs/camera-streams.md): the still
 street with +-3 levels of noise 0.0014, a ball covering 5% of the frame 0.015, the cut to another
 scene 0.21.  The lights going out is a change, and so is a large auto-exposure step: a needless
 caption costs time, a missed change costs correctness.  The gate compares each frame with the
