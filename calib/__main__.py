@@ -15,13 +15,18 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.extras import exit_unless_installed
+
+exit_unless_installed("export", "python -m calib")  # before the imports that need onnx
+
 from calib.calibrate import DEFAULT_IMAGES, METHODS, CalibConfig, calibrate
 from export import progress
+from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m calib", description=__doc__,
+    ap = CliParser(prog="python -m calib", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", required=True, type=Path, help="engine folder with an fp32 vision graph")
     ap.add_argument("--images", type=Path, default=DEFAULT_IMAGES,

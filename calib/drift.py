@@ -30,6 +30,7 @@ import numpy as np
 from calib.report import check_same_model
 from runtime import graph_io as io
 from runtime.api import FlashVL, vision_pixels
+from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.files import verify_files
 from runtime.image import load_image
@@ -119,7 +120,7 @@ def table(rows: list[TensorDrift], tol: float, top: int) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m calib.drift", description=__doc__,
+    ap = CliParser(prog="python -m calib.drift", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", required=True, type=Path, help="the reduced-precision engine folder")
     ap.add_argument("--against", required=True, type=Path, help="the fp32 engine folder of the same model")

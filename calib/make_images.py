@@ -28,6 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime.cli_parser import CliParser
+
 SEED = 20240611
 WRITTEN_WITH = "5.0."  # the OpenCV version prefix that wrote calib/images/
 DEFAULT_OUT = Path(__file__).resolve().parent / "images"
@@ -772,7 +774,7 @@ def write_images(out: Path, names=None) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m calib.make_images", description=__doc__,
+    ap = CliParser(prog="python -m calib.make_images", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder to write (default: calib/images)")
     ap.add_argument("--only", action="append", choices=sorted(IMAGES), metavar="NAME",

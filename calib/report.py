@@ -28,6 +28,7 @@ import numpy as np
 from calib.sources import SourceReport, count_images, iter_images
 from export import progress
 from runtime.api import FlashVL
+from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.manifest import Manifest
 from runtime.sampling import SamplingConfig
@@ -157,7 +158,7 @@ def table(r: Report) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m calib.report", description=__doc__,
+    ap = CliParser(prog="python -m calib.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", required=True, type=Path, help="the reduced-precision engine folder")
     ap.add_argument("--against", required=True, type=Path, help="the fp32 engine folder of the same model")

@@ -24,6 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from runtime.extras import exit_unless_installed
+
+exit_unless_installed("export", "python -m export")  # before the imports that need torch and onnx
+
 from calib.calibrate import DEFAULT_IMAGES, METHODS, CalibConfig
 from calib.sources import count_images
 from export import progress
@@ -31,12 +35,13 @@ from export.build import WeightSource, export_engine, with_max_seq_len
 from export.precision import DECODER_PRECISIONS, plan_from_args
 from export.presets import PRESETS, get_preset
 from export.weights import CheckpointArgs
+from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.manifest import FLAVOURS
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+    ap = CliParser(prog="python -m export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", required=True, choices=sorted(PRESETS))
     ap.add_argument("--out", required=True, type=Path, help="engine folder to write")

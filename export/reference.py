@@ -17,6 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+if __name__ == "__main__":  # before the imports that need torch: one line, not a traceback
+    from runtime.extras import exit_unless_installed
+
+    exit_unless_installed("export", "python -m export.reference")
+
 import numpy as np
 import torch
 
@@ -24,6 +29,7 @@ from export.build import WeightSource, build_model, load_tokenizer, with_max_seq
 from export.presets import get_preset
 from export.weights import CheckpointArgs, CheckpointError
 from runtime.chat import ChatTokenizer
+from runtime.cli_parser import CliParser
 from runtime.embedding import splice_image
 from runtime.errors import FlashVLError
 from runtime.files import sha256_of
@@ -122,7 +128,7 @@ def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, syst
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.reference", description=__doc__,
+    ap = CliParser(prog="python -m export.reference", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", required=True, type=Path)
     ap.add_argument("--image", type=Path)

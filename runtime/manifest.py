@@ -444,8 +444,8 @@ def load_manifest(engine_dir: str | Path) -> Manifest:
     engine_dir = Path(engine_dir)
     if not engine_dir.exists():
         raise EngineError(
-            f"{engine_dir}: engine folder not found; export one with "
-            f"`python -m export --preset tiny --random-weights --out {engine_dir}`")
+            f"{engine_dir}: engine folder not found; export one, e.g. the demo model from the repository root: "
+            f"`python -m export --preset demo --checkpoint export/demo/checkpoint --out {engine_dir}`")
     if not engine_dir.is_dir():
         raise EngineError(f"{engine_dir}: is a file, expected an engine folder holding {MANIFEST_FILE}")
     path = engine_dir / MANIFEST_FILE

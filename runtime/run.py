@@ -21,6 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
+from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 
 DEFAULT_PROMPT = "Describe the image."
@@ -29,7 +30,7 @@ IMAGE_MAX_NEW_TOKENS = 128  # one image; a stream's captions default to runtime.
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m runtime.run", description=__doc__,
+    ap = CliParser(prog="python -m runtime.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", required=True, type=Path, help="engine folder written by `python -m export`")
     ap.add_argument("--image", help="image file (PNG, JPEG, BMP, TIFF, WebP), or - to read one from stdin; "
@@ -92,9 +93,19 @@ def parse_args(argv):
     return args
 
 
+def quiet_opencv() -> None:
+    """Only OpenCV's errors on stderr: its warnings (e.g. FFmpeg declining a file that is no video) would
+    stand beside the one `error:` line that says the same thing with the fix."""
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:  # OpenCV's own warnings (a source it cannot open, ...) would stand beside our one error line
+        quiet_opencv()
     try:
         from runtime.api import FlashVL
         from runtime.sampling import SamplingConfig
@@ -106,9 +117,12 @@ def main(argv=None) -> int:
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                   repetition_penalty=args.repetition_penalty, seed=args.seed)
         streaming = any(getattr(args, name) is not None for name in SOURCES)
-        if streaming and (args.image is not None or args.json):
-            raise FlashVLError(f"{'--image' if args.image is not None else '--json'} is for one image; a stream "
-                               f"(--camera/--video/--url/--gst) writes JSON Lines with --jsonl FILE|-")
+        if streaming and args.image is not None:
+            raise FlashVLError("give either --image (one picture) or a stream (--camera/--video/--url/--gst), "
+                               "not both")
+        if streaming and args.json:
+            raise FlashVLError("--json is for one image; a stream (--camera/--video/--url/--gst) writes JSON Lines "
+                               "with --jsonl FILE|-")
         if not streaming and args.stream_flags:
             raise FlashVLError(f"{args.stream_flags[0]} applies to a stream; add --camera N, --video PATH, --url URL "
                                f"or --gst PIPELINE")

@@ -1,32 +1,19 @@
-"""Which optional extra a test module needs, and a module-level skip that names it when it is missing.
+"""Which optional extra a test needs, and a skip that names it when it is missing.
 
-    needs("export")   at the top of a module, before its imports of torch, transformers, onnx or export/
+    needs("export")   at the top of a module, before its imports of torch, transformers, onnx or export/,
+                      or at the start of a fixture that exports an engine
     needs("bench")    the same for onnxruntime-genai, gguf, llama-cpp-python and matplotlib
+    @pytest.mark.extra("export")   a test that runs an export CLI in a subprocess (tests/conftest.py)
 
-The base install (`pip install -e ".[test]"`) collects every module without an error; a module whose
-extra is missing is skipped with the install command. tests/test_extras.py checks both, and that
-MODULES covers every package setup.py lists for each extra.
+The base install (`pip install -e ".[test]"`) runs the suite without an error: what needs a missing extra
+is skipped with the install command. The table is runtime.extras.MODULES; tests/test_extras.py checks it.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-# extra -> the import name of each of its packages (setup.py lists them by their pip names)
-MODULES: dict[str, dict[str, str]] = {
-    "export": {"torch": "torch", "onnx": "onnx", "onnxscript": "onnxscript", "safetensors": "safetensors",
-               "transformers": "transformers", "pillow": "PIL", "onnxruntime": "onnxruntime",
-               "ml_dtypes": "ml_dtypes", "polygraphy": "polygraphy", "onnx-graphsurgeon": "onnx_graphsurgeon"},
-    "bench": {"onnxruntime-genai": "onnxruntime_genai", "gguf": "gguf", "llama-cpp-python": "llama_cpp",
-              "matplotlib": "matplotlib"},
-}
-
-
-def missing(extra: str) -> list[str]:
-    """The pip names of `extra`'s packages that cannot be imported here."""
-    return [pip for pip, module in MODULES[extra].items() if importlib.util.find_spec(module) is None]
+from runtime.extras import install_hint, missing
 
 
 def needs(extra: str, *, only: tuple[str, ...] = ()) -> None:
@@ -34,5 +21,4 @@ def needs(extra: str, *, only: tuple[str, ...] = ()) -> None:
     named in `only`, is installed."""
     gone = [p for p in missing(extra) if not only or p in only]
     if gone:
-        pytest.skip(f"needs the [{extra}] extra ({', '.join(gone)} not installed): "
-                    f"pip install -e \".[{extra}]\"", allow_module_level=True)
+        pytest.skip(install_hint(extra, gone), allow_module_level=True)

@@ -157,3 +157,25 @@ def test_export_out_is_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     proc = run_cli("-m", "export", "--preset", "tiny", "--random-weights", "--out", str(tmp_path / "file"))
     assert_one_line_error(proc, "file")
+
+
+# ----------------------------------------------------------------------------- every CLI's own mistakes
+
+CLIS = ["runtime.run", "runtime.bench", "runtime.bench.modes", "export.demo", "export.trt", "calib.make_images",
+        "calib.report", "calib.drift"]
+CLIS_NEEDING_EXPORT = ["export", "export.reference", "calib"]
+
+
+@pytest.mark.parametrize("module", CLIS + [pytest.param(m, marks=pytest.mark.extra("export")) for m in CLIS_NEEDING_EXPORT])
+def test_an_option_mistake_is_one_line_on_every_cli(module):
+    """argparse's usage block is not printed: one `error:` line names the mistake and where options are listed."""
+    assert_one_line_error(run_cli("-m", module, "--no-such-option", "1", timeout=120), f"python -m {module} --help")
+
+
+@pytest.mark.parametrize("module", CLIS_NEEDING_EXPORT)
+def test_a_cli_without_its_extra_says_what_to_install(module):
+    """Without the [export] extra (torch made unimportable here), one line names it instead of a traceback."""
+    script = f"import runpy, sys; sys.modules['torch'] = None; sys.argv = ['x', '--help']; " \
+             f"runpy.run_module({module!r}, run_name='__main__')"
+    assert_one_line_error(run_cli("-c", script, timeout=120), f"python -m {module} needs the [export] extra",
+                          "torch", 'pip install -e ".[export]"')

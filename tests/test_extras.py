@@ -14,8 +14,8 @@ import re
 
 import pytest
 
+from runtime.extras import MODULES, missing
 from tests.conftest import ROOT, run_cli
-from tests.extras import MODULES, missing
 
 
 def _pytest_without(extras: tuple[str, ...], how: str):

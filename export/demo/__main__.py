@@ -25,11 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.demo", description=__doc__,
+    ap = CliParser(prog="python -m export.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the demo model and write a checkpoint")

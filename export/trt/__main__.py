@@ -22,11 +22,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 
 
 def parse_build_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__,
+    ap = CliParser(prog="python -m export.trt", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", required=True, type=Path, help="engine folder written by `python -m export`")
     ap.add_argument("--max-seq-len", type=int, default=None)

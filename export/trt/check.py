@@ -42,6 +42,7 @@ from runtime import trt_compat
 from runtime.api import vision_pixels
 from runtime.backend_select import plan_mismatch, rebuild_hint
 from runtime.chat import ChatTokenizer
+from runtime.cli_parser import CliParser
 from runtime.embedding import TokenEmbedding
 from runtime.errors import EngineError, FlashVLError, ImageError
 from runtime.files import verify_files
@@ -277,7 +278,7 @@ def table(r: Report) -> str:
 
 def main(argv=None, trt_runner_for: TrtRunnerFor | None = None) -> int:
     """trt_runner_for: a stand-in for the TensorRT side (tests run ONNX Runtime there); None: the plans."""
-    ap = argparse.ArgumentParser(prog="python -m export.trt check", description=__doc__,
+    ap = CliParser(prog="python -m export.trt check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", required=True, type=Path, help="engine folder with TensorRT plans")
     ap.add_argument("--image", type=Path, help="default: the first image of calib/images")

@@ -30,6 +30,7 @@ from pathlib import Path
 from runtime.bench import plot
 from runtime.bench.report import machine, markdown
 from runtime.bench.workload import Report, Workload, worker_args
+from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.manifest import load_manifest
 
@@ -115,7 +116,7 @@ def parse_peers(text: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__,
+    ap = CliParser(prog="python -m runtime.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", type=Path, action="append", required=True, help="engine folder (repeatable)")
     ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, from {','.join(PEERS)}; or none")

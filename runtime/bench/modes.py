@@ -18,6 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 
 PROMPT = "Describe the image in detail."
@@ -66,7 +67,7 @@ HEADER = ("| model | backend | mode | image | grid | tiles | image tokens | visi
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.bench.modes", description=__doc__,
+    ap = CliParser(prog="python -m runtime.bench.modes", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", type=Path, action="append", required=True, help="engine folder (repeatable)")
     ap.add_argument("--image", type=Path, action="append", required=True, help="image file (repeatable)")

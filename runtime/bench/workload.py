@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.cli_parser import CliParser
+
 REPORT_VERSION = 1
 TTFT_TEXT_TOKENS = 30  # text tokens beside the image for the TTFT figure
 IMAGE_SIZE = 512  # the TTFT image is 512x512 (one tile of the static model)
@@ -142,7 +144,7 @@ def peak_rss_bytes() -> int:
 
 
 def worker_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", type=Path, required=True)
     ap.add_argument("--prompt-tokens", type=int, default=Workload.prompt_tokens)
     ap.add_argument("--new-tokens", type=int, default=Workload.new_tokens)
