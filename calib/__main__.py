@@ -10,7 +10,6 @@ written, and `python -m calib.report` to measure the result against an fp32 fold
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,8 +25,7 @@ from runtime.errors import FlashVLError
 
 
 def main(argv=None) -> int:
-    ap = CliParser(prog="python -m calib", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m calib", description=__doc__)
     ap.add_argument("--engine", required=True, type=Path, help="engine folder with an fp32 vision graph")
     ap.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
                     help="a folder of images, one image, or a video file (default: calib/images)")

@@ -20,7 +20,6 @@ tiny or a medium preset to localize drift, then `calib.report` for the full-size
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,8 +119,7 @@ def table(rows: list[TensorDrift], tol: float, top: int) -> str:
 
 
 def main(argv=None) -> int:
-    ap = CliParser(prog="python -m calib.drift", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m calib.drift", description=__doc__)
     ap.add_argument("--engine", required=True, type=Path, help="the reduced-precision engine folder")
     ap.add_argument("--against", required=True, type=Path, help="the fp32 engine folder of the same model")
     ap.add_argument("--graph", choices=("vision", "decoder"), required=True)

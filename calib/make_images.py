@@ -20,7 +20,6 @@ paragraphs at other words). tests/test_calib_sources.py bounds the difference.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import zlib
 from pathlib import Path
@@ -774,8 +773,7 @@ def write_images(out: Path, names=None) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    ap = CliParser(prog="python -m calib.make_images", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m calib.make_images", description=__doc__)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder to write (default: calib/images)")
     ap.add_argument("--only", action="append", choices=sorted(IMAGES), metavar="NAME",
                     help="draw only this image (repeatable)")

@@ -17,7 +17,6 @@ Random-weight models only show numerical drift, never task accuracy.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -158,8 +157,7 @@ def table(r: Report) -> str:
 
 
 def main(argv=None) -> int:
-    ap = CliParser(prog="python -m calib.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m calib.report", description=__doc__)
     ap.add_argument("--engine", required=True, type=Path, help="the reduced-precision engine folder")
     ap.add_argument("--against", required=True, type=Path, help="the fp32 engine folder of the same model")
     ap.add_argument("--images", required=True, type=Path, help="folder of images, one image, or a video")

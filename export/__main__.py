@@ -19,7 +19,6 @@ the form TensorRT's weight-only GEMMs run fastest on a Jetson.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -41,8 +40,7 @@ from runtime.manifest import FLAVOURS
 
 
 def main(argv=None) -> int:
-    ap = CliParser(prog="python -m export", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m export", description=__doc__)
     ap.add_argument("--preset", required=True, choices=sorted(PRESETS))
     ap.add_argument("--out", required=True, type=Path, help="engine folder to write")
     w = ap.add_argument_group("weights (one of)")

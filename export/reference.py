@@ -11,7 +11,6 @@ the KV cache and greedy decoding are PyTorch.  The JSON has the runtime's keys.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -128,8 +127,7 @@ def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, syst
 
 
 def main(argv=None) -> int:
-    ap = CliParser(prog="python -m export.reference", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m export.reference", description=__doc__)
     ap.add_argument("--engine", required=True, type=Path)
     ap.add_argument("--image", type=Path)
     ap.add_argument("--prompt", default="Describe the image.")

@@ -15,7 +15,6 @@ A user mistake prints one `error:` line to stderr and exits 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -30,8 +29,7 @@ IMAGE_MAX_NEW_TOKENS = 128  # one image; a stream's captions default to runtime.
 
 
 def parse_args(argv):
-    ap = CliParser(prog="python -m runtime.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m runtime.run", description=__doc__)
     ap.add_argument("--engine", required=True, type=Path, help="engine folder written by `python -m export`")
     ap.add_argument("--image", help="image file (PNG, JPEG, BMP, TIFF, WebP), or - to read one from stdin; "
                                     "omit for text only")

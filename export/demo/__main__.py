@@ -18,7 +18,6 @@ samples  scene_N.png and scenes.json (each image's true caption and answers); --
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -30,8 +29,7 @@ from runtime.errors import FlashVLError
 
 
 def main(argv=None) -> int:
-    ap = CliParser(prog="python -m export.demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m export.demo", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the demo model and write a checkpoint")
     t.add_argument("--out", type=Path, required=True)

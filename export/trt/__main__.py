@@ -18,7 +18,6 @@ A user mistake, a missing tensorrt or GPU prints one `error:` line and exits 2.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,8 +26,7 @@ from runtime.errors import FlashVLError
 
 
 def parse_build_args(argv):
-    ap = CliParser(prog="python -m export.trt", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m export.trt", description=__doc__)
     ap.add_argument("--engine", required=True, type=Path, help="engine folder written by `python -m export`")
     ap.add_argument("--max-seq-len", type=int, default=None)
     ap.add_argument("--max-batch", type=int, default=1)

@@ -25,7 +25,6 @@ from the export); 1: some output diverges, the plan is miscompiled; 2: a user er
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -278,8 +277,7 @@ def table(r: Report) -> str:
 
 def main(argv=None, trt_runner_for: TrtRunnerFor | None = None) -> int:
     """trt_runner_for: a stand-in for the TensorRT side (tests run ONNX Runtime there); None: the plans."""
-    ap = CliParser(prog="python -m export.trt check", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m export.trt check", description=__doc__)
     ap.add_argument("--engine", required=True, type=Path, help="engine folder with TensorRT plans")
     ap.add_argument("--image", type=Path, help="default: the first image of calib/images")
     ap.add_argument("--prompt", default="Describe the image.")

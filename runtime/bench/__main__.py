@@ -16,7 +16,6 @@ a warm-up), peak RSS and bytes, then this runtime's ratio to each peer, pair by 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
@@ -116,8 +115,7 @@ def parse_peers(text: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = CliParser(prog="python -m runtime.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m runtime.bench", description=__doc__)
     ap.add_argument("--engine", type=Path, action="append", required=True, help="engine folder (repeatable)")
     ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, from {','.join(PEERS)}; or none")
     ap.add_argument("--prompt-tokens", type=int, default=Workload.prompt_tokens)

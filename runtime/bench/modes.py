@@ -11,7 +11,6 @@ time, so two full-size models never share the memory.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import statistics
@@ -67,8 +66,7 @@ HEADER = ("| model | backend | mode | image | grid | tiles | image tokens | visi
 
 
 def main(argv=None) -> int:
-    ap = CliParser(prog="python -m runtime.bench.modes", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog="python -m runtime.bench.modes", description=__doc__)
     ap.add_argument("--engine", type=Path, action="append", required=True, help="engine folder (repeatable)")
     ap.add_argument("--image", type=Path, action="append", required=True, help="image file (repeatable)")
     ap.add_argument("--new-tokens", type=int, default=16)

@@ -144,7 +144,7 @@ def peak_rss_bytes() -> int:
 
 
 def worker_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    ap = CliParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = CliParser(prog=prog, description=doc)
     ap.add_argument("--engine", type=Path, required=True)
     ap.add_argument("--prompt-tokens", type=int, default=Workload.prompt_tokens)
     ap.add_argument("--new-tokens", type=int, default=Workload.new_tokens)
