@@ -22,6 +22,8 @@ from calib.calibrate import DEFAULT_IMAGES, METHODS, CalibConfig, calibrate
 from export import progress
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
+from runtime import stop_signals
+from runtime.stop_signals import describe, exit_code, stopping_on_signals
 
 
 def main(argv=None) -> int:
@@ -35,7 +37,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t = time.perf_counter()
     try:
-        manifest = calibrate(args.engine, CalibConfig(args.images, args.max_images, args.method))
+        with stopping_on_signals():  # SIGTERM/SIGHUP, like Ctrl-C, leave the folder as it was
+            manifest = calibrate(args.engine, CalibConfig(args.images, args.max_images, args.method))
+    except KeyboardInterrupt as e:
+        print(f"{describe(e)}: {args.engine} is as it was before", file=sys.stderr)
+        return exit_code(e)
     except FlashVLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -50,4 +56,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stop_signals.exit(main())  # a run stopped by SIGTERM (or Ctrl-C, SIGHUP) ends by that signal

@@ -5,7 +5,8 @@ after an earlier calibration) and images (a folder, one file, or a video; see ca
 Each image goes through the runtime's own preprocessing and tiling (`runtime.api.vision_pixels`),
 so the ranges are those of the tensors the runtime feeds.
 
-Outputs, in the engine folder, and a rewritten manifest whose `graphs.vision` is the INT8 graph:
+Outputs, in the engine folder, and a rewritten manifest whose `graphs.vision` is the INT8 graph
+(`calibrate` writes them into a new folder with hard links of the rest, swapped in whole: export.atomic):
 
     vision.int8.onnx(+.data)  explicit QuantizeLinear/DequantizeLinear (int8, zero point 0) on the
                               inputs of every linear layer and the patch-embedding Conv; weights
@@ -38,8 +39,10 @@ import onnx
 
 from calib.sources import CalibError, SourceReport, check_report, count_images, iter_images
 from export import progress
-from export.graphs import graph_spec, load, save
+from export.atomic import building, link_rest
+from export.graphs import graph_spec, load, save, stamp_record
 from runtime.api import vision_pixels
+from runtime.engine_check import RECORD_KEY, check_graph_records, model_record
 from runtime.files import file_entry, sha256_of, verify_files
 from runtime.manifest import ActivationQuant, GraphSpec, Manifest, WeightQuant, load_manifest, save_manifest
 
@@ -176,15 +179,23 @@ def calibrate(engine_dir: Path, config: CalibConfig) -> Manifest:
     engine_dir = Path(engine_dir)
     manifest = load_manifest(engine_dir)
     verify_files(engine_dir, manifest.files)
-    manifest = calibrate_into(engine_dir, manifest, config)
-    save_manifest(engine_dir, manifest)
+    check_graph_records(engine_dir, manifest)  # an edited manifest is not calibrated with, then stamped
+    fp32_vision(manifest, engine_dir)  # refused here, naming the folder rather than the copy
+    # The new files go into a new folder with hard links of the rest, swapped in whole: a failure or kill
+    # leaves the folder as it was, where rewriting it in place would leave files out of step with the manifest.
+    with building(engine_dir) as work:
+        manifest = calibrate_into(work, manifest, config, source_dir=engine_dir)
+        link_rest(engine_dir, work)
+        save_manifest(work, manifest)
     return manifest
 
 
-def calibrate_into(engine_dir: Path, manifest: Manifest, config: CalibConfig) -> Manifest:
-    """Write the INT8 vision graph, record and cache into engine_dir; return the manifest that lists them."""
+def calibrate_into(engine_dir: Path, manifest: Manifest, config: CalibConfig, source_dir: Path | None = None) -> Manifest:
+    """Write the INT8 vision graph, record and cache into engine_dir; return the manifest that lists them.
+
+    The fp32 graph is read from `source_dir` (default engine_dir)."""
     src_spec = fp32_vision(manifest, engine_dir)
-    src = engine_dir / src_spec.file
+    src = (source_dir or engine_dir) / src_spec.file
     report, hashes = SourceReport(used=0, skipped=[]), []
     with tempfile.TemporaryDirectory(prefix="flashvl-calib-") as tmp:
         work = Path(tmp)
@@ -202,6 +213,7 @@ def calibrate_into(engine_dir: Path, manifest: Manifest, config: CalibConfig) ->
             proto = load(work / "q.onnx")
             name_qdq_nodes(proto)
             save(proto, engine_dir / INT8_VISION_FILE)
+    stamp_record(engine_dir / INT8_VISION_FILE, RECORD_KEY, model_record(manifest, "vision"))  # as the fp32 one
     record = {
         "graph": INT8_VISION_FILE, "source_graph": {"file": src_spec.file, "sha256": sha256_of(src)},
         "method": config.method, "percentile": PERCENTILE if config.method == "percentile" else None,

@@ -37,6 +37,11 @@ from export.weights import CheckpointArgs
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.manifest import FLAVOURS
+from runtime import stop_signals
+from runtime.stop_signals import describe, exit_code, stopping_on_signals
+
+
+MAX_CONTEXT = 32768  # Qwen2-1.5B's max_position_embeddings: positions past it were never trained
 
 
 def main(argv=None) -> int:
@@ -71,8 +76,9 @@ def main(argv=None) -> int:
     ckpt = CheckpointArgs(args.checkpoint, args.vision, args.llm, args.adapter)
     if args.random_weights == bool(ckpt.pairs()):
         ap.error("give --random-weights, or --checkpoint DIR, or --vision DIR --llm DIR --adapter FILE")
-    if args.max_seq_len is not None and args.max_seq_len < 2:
-        ap.error(f"--max-seq-len must be at least 2, got {args.max_seq_len}")
+    if args.max_seq_len is not None and not 2 <= args.max_seq_len <= MAX_CONTEXT:
+        ap.error(f"--max-seq-len must be in 2..{MAX_CONTEXT} (Qwen2's trained context; the KV cache and RoPE tables "
+                 f"grow with it), got {args.max_seq_len}")
     source = WeightSource(seed=args.seed) if args.random_weights else WeightSource(checkpoint=ckpt)
     t = time.perf_counter()
     try:
@@ -83,7 +89,11 @@ def main(argv=None) -> int:
             count_images(args.calib_images, args.calib_max)  # a bad --calib-images fails now, not after the export
         progress.say(f"precision: {plan.describe()}")
         preset = with_max_seq_len(get_preset(args.preset), args.max_seq_len)
-        manifest = export_engine(preset, source, args.out, plan)
+        with stopping_on_signals():  # SIGTERM/SIGHUP, like Ctrl-C, remove the half-built folder on the way out
+            manifest = export_engine(preset, source, args.out, plan)
+    except KeyboardInterrupt as e:
+        print(f"{describe(e)}: {args.out} is as it was before the export", file=sys.stderr)
+        return exit_code(e)
     except FlashVLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -97,4 +107,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stop_signals.exit(main())  # a run stopped by SIGTERM (or Ctrl-C, SIGHUP) ends by that signal

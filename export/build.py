@@ -1,5 +1,7 @@
 """Build an engine folder: preset + weights -> vision.onnx, decoder.onnx, tokenizer.json, manifest.json.
 
+The folder is built beside `out` and swapped in whole when complete (export.atomic).
+
 `build_model` is shared with `export.reference`, so the reference runs on exactly the
 weights the folder was exported from (the manifest's `source` says which).
 """
@@ -16,15 +18,18 @@ import torch
 
 from calib.calibrate import calibrate_into
 from export import progress
+from export.atomic import building
 from export.fused_decoder import export_fused_decoder
+from export.graphs import stamp_record
 from export.model import FlashVL
 from export.onnx_export import OPSET, export_decoder, export_embeddings, export_vision
 from export.precision import PrecisionPlan, reduce_decoder, reduce_vision_fp16
 from export.presets import Preset
 from export.tokenizer import build_chatml_tokenizer, token_spec_from_tokenizer
 from export.weights import CheckpointArgs, CheckpointError, load_checkpoint, random_weights
+from runtime.engine_check import RECORD_KEY, model_record
 from runtime.files import file_entry
-from runtime.manifest import MANIFEST_FILE, SCHEMA_VERSION, GraphsSpec, Manifest, SourceSpec, save_manifest
+from runtime.manifest import SCHEMA_VERSION, GraphsSpec, Manifest, SourceSpec, save_manifest
 
 EXPORTER_VERSION = "0.1.0"
 TOKENIZER_FILE = "tokenizer.json"
@@ -81,11 +86,20 @@ def build_model(preset: Preset, source: WeightSource, tokenizer: tokenizers.Toke
 
 
 def export_engine(preset: Preset, source: WeightSource, out: Path, plan: PrecisionPlan = PrecisionPlan()) -> Manifest:
+    """Write the engine folder `out` whole, replacing an engine folder there only once the new one is
+    complete and verified; on any failure or kill `out` is left as it was (export.atomic)."""
     for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (MANIFEST_FILE, ".verified.json"):  # a half-written folder must never look complete
-        (out / stale).unlink(missing_ok=True)
+    inputs = {f"--{name}": Path(path) for name, path in (source.checkpoint.pairs() if source.checkpoint else ())}
+    if plan.vision == "int8":
+        inputs["--calib-images"] = Path(plan.calib.images)
+    with building(Path(out), inputs) as work:
+        manifest = write_engine(preset, source, work, plan)
+    return manifest
+
+
+def write_engine(preset: Preset, source: WeightSource, out: Path, plan: PrecisionPlan) -> Manifest:
+    """Fill the empty folder `out`, manifest.json last."""
     tokenizer = load_tokenizer(preset, source)
     model, tokens, source_spec = build_model(preset, source, tokenizer)
     tokenizer.save(str(out / TOKENIZER_FILE))
@@ -109,9 +123,6 @@ def export_engine(preset: Preset, source: WeightSource, out: Path, plan: Precisi
         with progress.step("vision.onnx -> fp16"):
             vision = reduce_vision_fp16(out / "vision.onnx")
 
-    names = ["vision.onnx", "vision.onnx.data", "decoder.onnx", "decoder.onnx.data", EMBEDDINGS_FILE, TOKENIZER_FILE]
-    with progress.step("hashing files"):
-        files = tuple(file_entry(out / n, n) for n in names)
     manifest = Manifest(
         schema_version=SCHEMA_VERSION, model=preset.model, preset=preset.name,
         exporter=f"flash-vl-export {EXPORTER_VERSION}, torch {torch.__version__}, onnx {onnx.__version__}, "
@@ -119,7 +130,12 @@ def export_engine(preset: Preset, source: WeightSource, out: Path, plan: Precisi
         vision=preset.vision, adapter=preset.adapter, decoder=preset.decoder, tokens=tokens, chat=preset.chat,
         preprocess=preset.preprocess, graphs=GraphsSpec(vision=vision, decoder=decoder), embeddings=embeddings,
         tokenizer=TOKENIZER_FILE,
-        files=files, source=source_spec, tiling=preset.tiling)
+        source=source_spec, tiling=preset.tiling)
+    for role, graph in (("vision", vision), ("decoder", decoder)):  # the numbers each was exported with
+        stamp_record(out / graph.file, RECORD_KEY, model_record(manifest, role))  # (runtime.engine_check)
+    names = ["vision.onnx", "vision.onnx.data", "decoder.onnx", "decoder.onnx.data", EMBEDDINGS_FILE, TOKENIZER_FILE]
+    with progress.step("hashing files"):
+        manifest = replace(manifest, files=tuple(file_entry(out / n, n) for n in names))
     if plan.vision == "int8":
         manifest = calibrate_into(out, manifest, plan.calib)
     save_manifest(out, manifest)  # written last, once: its presence means complete

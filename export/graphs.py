@@ -27,6 +27,16 @@ def save(proto: onnx.ModelProto, path: Path) -> None:
                     location=data, size_threshold=1024)
 
 
+def stamp_record(path: Path, key: str, record: str) -> None:
+    """Set metadata_props[key] = record in a saved graph, leaving its external weights file as it is."""
+    proto = onnx.load(str(path), load_external_data=False)  # initializers keep pointing into the .data file
+    for p in list(proto.metadata_props):
+        if p.key == key:
+            proto.metadata_props.remove(p)
+    proto.metadata_props.add(key=key, value=record)
+    onnx.save_model(proto, str(path))
+
+
 def opset_of(proto: onnx.ModelProto) -> int:
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 

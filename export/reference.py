@@ -101,7 +101,7 @@ def run(engine: Path, image: Path | None, prompt: str, max_new_tokens: int, syst
     """The runtime's JSON (`runtime.api.Result.as_dict`), computed by PyTorch."""
     manifest = load_manifest(engine)
     model = rebuild(manifest)
-    tok = ChatTokenizer.load(engine / manifest.tokenizer, manifest.tokens, manifest.chat)
+    tok = ChatTokenizer.load(engine / manifest.tokenizer, manifest.tokens, manifest.chat, manifest.decoder.vocab_size)
     timings = Timings()
     t_start = time.perf_counter()
     embeds, layout = None, None

@@ -17,6 +17,7 @@ camera/video loop (runtime.video).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +25,20 @@ from typing import Iterator
 
 import numpy as np
 
+from runtime.arguments import check_bool, check_choice, check_int, check_text, check_threads
 from runtime.backend import ORT_CPU, TRT_GPU, check_supported
 from runtime.backend_select import TENSORRT, BackendChoice, choose_backend
 from runtime.chat import ChatTokenizer
 from runtime.embedding import TokenEmbedding
+from runtime.engine_check import check_graph_records
 from runtime.errors import FlashVLError
 from runtime.files import verify_files
 from runtime.generate import LoopState, Timings, check_prompt_fits, decode_loop
-from runtime.image import load_image, preprocess
+from runtime.image import CHANNEL_ORDERS, DEFAULT_MAX_PIXELS, load_image
+from runtime.image_header import MAX_PIXELS_CEILING
 from runtime.manifest import Manifest, load_manifest
 from runtime.ort_backend import OrtDecoder, OrtVision
+from runtime.preprocess import preprocess
 from runtime.sampling import Sampler, SamplingConfig
 from runtime.tiling import TileLayout, gather_tokens, plan, tile_pixels
 from runtime.video.captioner import Cadence, CaptionStream, open_stream
@@ -101,7 +106,10 @@ def vision_pixels(rgb: np.ndarray, manifest: Manifest, iss: bool = True) -> tupl
 
 class FlashVL:
     def __init__(self, engine_dir: Path, manifest: Manifest, vision, decoder, embed: TokenEmbedding,
-                 tokenizer: ChatTokenizer, backend: BackendChoice, owner=None):
+                 tokenizer: ChatTokenizer, backend: BackendChoice, owner=None,
+                 max_image_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: bool = True):
+        self.max_image_pixels = max_image_pixels  # images above it are refused before decoding
+        self.exif_orientation = exif_orientation  # files and bytes are turned upright as their EXIF says
         self.engine_dir = engine_dir
         self.manifest = manifest
         self.vision = vision
@@ -125,19 +133,31 @@ class FlashVL:
 
     @classmethod
     def load(cls, engine_dir: str | Path, threads: int | None = None, max_seq_len: int | None = None,
-             backend: str = "auto", cuda_graphs: bool = True, spinning: bool = True) -> FlashVL:
+             backend: str = "auto", cuda_graphs: bool = True, spinning: bool = True,
+             max_image_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: bool = True) -> FlashVL:
         """Open an engine folder; raise FlashVLError (one line, with the fix) if anything is off.
 
         backend: "auto" (TensorRT when the folder's plans fit this machine, else ONNX Runtime),
         "trt" or "onnxruntime"; the choice and its reason are in `.backend`.
         spinning: ONNX Runtime's idle threads spin (fastest for one request at a time); pass False for
         captions() over a camera, where a capture thread shares the cores.
+        max_image_pixels: images (and frames) of more pixels (width x height) are refused, from the file's
+        header before decoding; exif_orientation=False keeps files' pixels as stored (docs/python-api.md).
         """
+        if not isinstance(engine_dir, (str, os.PathLike)):
+            raise FlashVLError(f"engine_dir must be a path (str or pathlib.Path), got {type(engine_dir).__name__}")
+        threads = check_threads(threads)
+        check_int("max_image_pixels", max_image_pixels, 1, MAX_PIXELS_CEILING,
+                  "the ceiling is OpenCV's own decode limit")
+        check_bool("exif_orientation", exif_orientation)
+        for name, flag in (("cuda_graphs", cuda_graphs), ("spinning", spinning)):
+            check_bool(name, flag)
         engine_dir = Path(engine_dir)
         manifest = load_manifest(engine_dir)
-        if max_seq_len is not None and not 2 <= max_seq_len <= manifest.decoder.max_seq_len:
-            raise FlashVLError(f"max_seq_len {max_seq_len} is outside 2..{manifest.decoder.max_seq_len}, the context "
-                               f"window {engine_dir} was exported for; re-export with --max-seq-len for a larger one")
+        if max_seq_len is not None:
+            check_int("max_seq_len", max_seq_len, 2, manifest.decoder.max_seq_len,
+                      f"{engine_dir} was exported for a context window of {manifest.decoder.max_seq_len}; re-export "
+                      f"with --max-seq-len for a larger one")
         choice, cuda = choose_backend(backend, engine_dir, manifest)
         log.info("%s", choice.line())
         g = manifest.graphs
@@ -146,9 +166,11 @@ class FlashVL:
         try:
             # one hash check of what this backend reads (its stamps are kept beside the other backend's)
             verify_files(engine_dir, manifest.files + (manifest.trt.plan_files() if choice.name == TENSORRT else ()))
+            check_graph_records(engine_dir, manifest)  # the graphs were exported with these numbers
             for role, spec in (("vision", g.vision), ("decoder", g.decoder)):
                 check_supported(caps, role, spec, engine_dir)
-            tokenizer = ChatTokenizer.load(engine_dir / manifest.tokenizer, manifest.tokens, manifest.chat)
+            tokenizer = ChatTokenizer.load(engine_dir / manifest.tokenizer, manifest.tokens, manifest.chat,
+                                            manifest.decoder.vocab_size)
             if choice.name == TENSORRT:
                 from runtime.trt_backend import TrtEngines
 
@@ -165,17 +187,22 @@ class FlashVL:
             raise
         embed = TokenEmbedding(engine_dir / manifest.embeddings.file, manifest.embeddings, manifest.tokens.image_pad_id)
         log.info("loaded %s (%s) from %s", manifest.model, manifest.preset, engine_dir)
-        return cls(engine_dir, manifest, vision, decoder, embed, tokenizer, choice, owner)
+        return cls(engine_dir, manifest, vision, decoder, embed, tokenizer, choice, owner, int(max_image_pixels),
+                   exif_orientation)
 
     # ------------------------------------------------------------------ requests
 
     def stream(self, image, prompt: str, *, max_new_tokens: int = 128, sampling: SamplingConfig | None = None,
                system: str | None = None, channels: str = "bgr", iss: bool = True) -> Generation:
         """Start a request; iterate the result for text pieces as they are decoded."""
-        if max_new_tokens < 1:
-            raise FlashVLError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if not isinstance(prompt, str):
-            raise FlashVLError(f"prompt must be a string, got {type(prompt).__name__}")
+        check_int("max_new_tokens", max_new_tokens, 1)
+        check_text("prompt", prompt)
+        check_text("system", system, optional=True)
+        if sampling is not None and not isinstance(sampling, SamplingConfig):
+            raise FlashVLError(f"sampling must be a runtime.SamplingConfig or None, got {type(sampling).__name__}; "
+                               f"e.g. SamplingConfig(temperature=0.7, top_p=0.9, seed=1)")
+        check_choice("channels", channels, CHANNEL_ORDERS)
+        check_bool("iss", iss)
         gen = Generation()
         gen._pieces = self._run(gen, image, prompt, max_new_tokens, sampling or SamplingConfig(), system, channels,
                                 iss)
@@ -191,7 +218,8 @@ class FlashVL:
         """The CPU half of encoding: decode, tile, resize, normalise.  Safe to run on another thread
         while this object decodes (the camera loop prepares frame N+1 during caption N)."""
         t0 = time.perf_counter()
-        rgb = load_image(image, channels=channels, background=self.manifest.preprocess.alpha_background)  # [H, W, 3]
+        rgb = load_image(image, channels=channels, background=self.manifest.preprocess.alpha_background,
+                         max_pixels=self.max_image_pixels, exif_orientation=self.exif_orientation)  # [H, W, 3]
         pixels, layout = vision_pixels(rgb, self.manifest, iss)  # [tiles, 3, S, S]
         return PreparedImage(pixels, layout, (time.perf_counter() - t0) * 1e3)
 
@@ -234,6 +262,15 @@ class FlashVL:
         """
         if isinstance(prompt, str):
             prompt = PromptConfig(prompt)
+        if not isinstance(prompt, PromptConfig):
+            raise FlashVLError(f"prompt must be a string or a runtime.video.PromptConfig, got {type(prompt).__name__}")
+        if cadence is not None and not isinstance(cadence, Cadence):
+            raise FlashVLError(f"cadence must be a runtime.video.Cadence or None, got {type(cadence).__name__}; e.g. "
+                               f"Cadence(interval=2)")
+        check_bool("realtime", realtime)
+        check_bool("pieces", pieces)
+        if on_frame is not None and not callable(on_frame):
+            raise FlashVLError(f"on_frame must be a function of one frame or None, got {type(on_frame).__name__}")
         return open_stream(FlashVLModel(self, prompt), source, cadence or Cadence(), realtime=realtime,
                            pieces=pieces, on_frame=on_frame)
 

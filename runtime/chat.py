@@ -46,8 +46,9 @@ class ChatTokenizer:
         self._special_ids = frozenset(i for i, t in tok.get_added_tokens_decoder().items() if t.special)
 
     @classmethod
-    def load(cls, path: Path, tokens: TokenSpec, chat: ChatSpec) -> ChatTokenizer:
-        """Read tokenizer.json at `path` and check it against the manifest's token ids."""
+    def load(cls, path: Path, tokens: TokenSpec, chat: ChatSpec, vocab_size: int | None = None) -> ChatTokenizer:
+        """Read tokenizer.json at `path` and check it against the manifest's token ids (and, given the
+        decoder's vocab_size, that the tokenizer fits in it)."""
         path = Path(path)
         if not path.is_file():
             got = "a folder" if path.is_dir() else "nothing"
@@ -61,7 +62,7 @@ class ChatTokenizer:
             raise EngineError(
                 f"{path}: not a readable Hugging Face tokenizer.json ({reason}); re-export the engine folder"
             ) from None
-        _check_tokens(tok, tokens, path)
+        _check_tokens(tok, tokens, vocab_size, path)
         self = cls(tok, tokens, chat, str(path))
         self._check_layout()
         return self
@@ -179,7 +180,7 @@ class StreamDecoder:
         return piece
 
 
-def _check_tokens(tok: Tokenizer, tokens: TokenSpec, path: Path):
+def _check_tokens(tok: Tokenizer, tokens: TokenSpec, vocab_size: int | None, path: Path):
     """Every id of the manifest's TokenSpec must be the tokenizer's id for that token."""
     names = ("im_start", "im_end", "image_start", "image_pad", "image_end", "eos")
     special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
@@ -199,8 +200,14 @@ def _check_tokens(tok: Tokenizer, tokens: TokenSpec, path: Path):
                 f"{path}: {text!r} (id {got}) is not a special token, so prompt text could produce it; "
                 f"mark it \"special\": true in tokenizer.json's added_tokens, or re-export")
     n_vocab = tok.get_vocab_size(with_added_tokens=True)
-    outside = [i for i in tokens.stop_ids if not 0 <= i < n_vocab]
+    if vocab_size is not None and n_vocab > vocab_size:
+        raise EngineError(
+            f"{path}: {n_vocab} tokens, more than the decoder's vocab_size {vocab_size} in manifest.json; "
+            f"the folder mixes files from two exports, re-export it")
+    special_ids = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    outside = [i for i in tokens.stop_ids if i not in special_ids]
     if outside or not tokens.stop_ids:
         raise EngineError(
-            f"{path}: manifest.json's stop_ids {list(tokens.stop_ids)} must be ids of this "
-            f"{n_vocab}-token tokenizer; the folder mixes files from two exports, re-export it")
+            f"{path}: manifest.json's stop_ids {list(tokens.stop_ids)} must be special tokens of this "
+            f"tokenizer (not {outside}: text could never end there, or end mid-sentence); restore manifest.json "
+            f"or re-export the engine folder")

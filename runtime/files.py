@@ -48,8 +48,8 @@ def verify_files(engine_dir: Path, entries: tuple[FileEntry, ...]) -> None:
         if stamps.get(e.path) != stamp:
             got = sha256_of(path)
             if got != e.sha256:
-                raise EngineError(f"{path}: sha256 {got[:12]}..., manifest.json says {e.sha256[:12]}...; the file "
-                                  f"is corrupt or from another export, re-export the engine folder")
+                raise EngineError(f"{path}: sha256 {got}, manifest.json says {e.sha256}; the file is corrupt or "
+                                  f"from another export, re-export the engine folder")
         fresh[e.path] = stamp
     merged = {**stamps, **fresh}  # other files' stamps stay: the ONNX and TensorRT backends check different sets
     if merged != stamps:
@@ -71,3 +71,14 @@ def _write_stamps(engine_dir: Path, stamps: dict) -> None:
         os.replace(tmp, engine_dir / VERIFIED_FILE)
     except OSError:  # a read-only engine folder is fine: it is just hashed every time
         pass
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs: a temporary file named after a dead one is a killed run's leftover."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.engine_check import check_consistent
 from runtime.errors import EngineError
 
 SCHEMA_VERSION = 4  # 2: per-graph precision, flavour, opset and quantization records; 3: TensorRT plans;
@@ -45,6 +47,7 @@ SCHEMA_VERSION = 4  # 2: per-graph precision, flavour, opset and quantization re
 READABLE_VERSIONS = (2, 3, 4)  # a schema 2 folder is a schema 3 folder without TensorRT plans; both have
 #                                seq-major decoders, the default of `kv_cache`
 MANIFEST_FILE = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
 
 # A dimension is a fixed int or a symbolic name ("batch", "seq", "past_seq", ...).
 Dim = typing.Union[int, str]
@@ -449,14 +452,22 @@ def load_manifest(engine_dir: str | Path) -> Manifest:
     if not engine_dir.is_dir():
         raise EngineError(f"{engine_dir}: is a file, expected an engine folder holding {MANIFEST_FILE}")
     path = engine_dir / MANIFEST_FILE
+    if path.exists() and not path.is_file():
+        raise EngineError(f"{path}: not a regular file (a folder, device or pipe); re-export the engine folder")
     if not path.is_file():
         raise EngineError(
             f"{path}: missing; {engine_dir} is not an engine folder (expected {MANIFEST_FILE} "
             f"written by `python -m export`)")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EngineError(f"{path}: not valid JSON ({e}); re-export the engine folder") from None
+        with open(path, "rb") as f:  # ours are a few KB: a bigger file (or /dev/zero behind a link) is not one
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise EngineError(f"{path}: more than {MAX_MANIFEST_BYTES:,} bytes, a manifest is a few KB; this is not "
+                              f"the manifest.json `python -m export` writes, re-export the engine folder")
+        raw = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise EngineError(f"{path}: not valid JSON ({reason}); re-export the engine folder") from None
     if not isinstance(raw, dict):
         raise EngineError(f"{path}: expected a JSON object, got {type(raw).__name__}; re-export the engine folder")
     version = raw.get("schema_version")
@@ -467,12 +478,17 @@ def load_manifest(engine_dir: str | Path) -> Manifest:
             f"`python -m export`")
     try:
         manifest = parse_manifest(raw)
+        check_consistent(manifest)
     except EngineError as e:
         raise EngineError(f"{path}: {e}; re-export the engine folder") from None
     if version < 4 and manifest.graphs.decoder.kv_cache != "seq_major":
         raise EngineError(f"{path}: schema {version} has seq-major decoders only, this one says kv_cache "
                           f"{manifest.graphs.decoder.kv_cache}; re-export the engine folder")
     return manifest
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def parse_manifest(raw: dict) -> Manifest:
@@ -531,8 +547,8 @@ def _convert(tp, value, where: str):
             raise EngineError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise EngineError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise EngineError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -551,3 +567,4 @@ def _by_name(specs: tuple[TensorSpec, ...], name: str, file: str) -> TensorSpec:
         if s.name == name:
             return s
     raise EngineError(f"{file}: no tensor named '{name}' in the manifest's I/O table")
+

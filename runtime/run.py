@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
+from runtime.arguments import check_int, check_text, check_threads
+from runtime.cli_output import write_stdout
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
+from runtime.image_header import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING  # not runtime.image: no OpenCV for --help
+from runtime import stop_signals
+from runtime.stop_signals import describe, exit_code, stopping_on_signals
 
 DEFAULT_PROMPT = "Describe the image."
 SOURCES = ("camera", "video", "url", "gst")
@@ -52,6 +58,12 @@ def parse_args(argv):
                     help="context window to allocate the KV cache for (default and upper bound: the engine's)")
     ap.add_argument("--no-iss", action="store_true",
                     help="dynamic engines: plain dynamic cropping instead of the manifest's ISS margin")
+    ap.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                    help=f"refuse images (and stream frames) of more than N pixels, width x height, before decoding "
+                         f"them (default {DEFAULT_MAX_PIXELS:_}: any phone photo or 8K frame)")
+    ap.add_argument("--no-exif-orientation", action="store_true",
+                    help="keep an image file's pixels as stored instead of turning them upright as its EXIF "
+                         "orientation says (as viewers do)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     st = ap.add_argument_group("camera and video streams (instead of --image)")
     src = st.add_mutually_exclusive_group()
@@ -79,7 +91,8 @@ def parse_args(argv):
         "Runtime on the CPU, where both halves compete for the same cores")
     opt("--max-captions", type=int, default=None, metavar="N",
         help="stop after N captions (default: until the source ends or Ctrl-C)")
-    opt("--jsonl", metavar="FILE", help="write one JSON object per caption to FILE, or - for stdout")
+    opt("--jsonl", metavar="FILE", help="append one JSON object per caption to FILE (a restarted run keeps the "
+        "earlier lines), or - for stdout")
     opt("--save", metavar="OUT.mp4", help="write the video with the current caption drawn on it "
         "(.mp4, .avi or .mkv)")
     opt("--show", action="store_true", help="show the captioned video in a window (needs a display "
@@ -92,11 +105,14 @@ def parse_args(argv):
 
 
 def quiet_opencv() -> None:
-    """Only OpenCV's errors on stderr: its warnings (e.g. FFmpeg declining a file that is no video) would
-    stand beside the one `error:` line that says the same thing with the fix."""
+    """Nothing of OpenCV's or FFmpeg's own on stderr: their messages (FFmpeg's "moov atom not found" for a
+    file that is no video, "Connection refused" for a camera that is off) would come before the one
+    `error:` line that says the same thing with the fix.  -v keeps them."""
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    # OpenCV reads it when its FFmpeg backend starts, at the first VideoCapture/VideoWriter; -8 = AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 def main(argv=None) -> int:
@@ -104,14 +120,26 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:  # OpenCV's own warnings (a source it cannot open, ...) would stand beside our one error line
         quiet_opencv()
+    with stopping_on_signals():  # SIGTERM/SIGHUP end a run as Ctrl-C does: a stream's output is finished
+        return _run(args)
+
+
+def _run(args) -> int:
+    if sys.stdout is None:  # started with >&-
+        print("error: stdout is closed; give the answer somewhere to go, e.g. > answer.txt", file=sys.stderr)
+        return 2
     try:
         from runtime.api import FlashVL
+        from runtime.image import read_stream
         from runtime.sampling import SamplingConfig
 
-        if args.max_new_tokens is not None and args.max_new_tokens < 1:
-            raise FlashVLError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-        if args.threads is not None and args.threads < 1:
-            raise FlashVLError(f"--threads must be at least 1, got {args.threads}")
+        if args.max_new_tokens is not None:
+            check_int("--max-new-tokens", args.max_new_tokens, 1)
+        check_threads(args.threads, "--threads")
+        check_int("--max-image-pixels", args.max_image_pixels, 1, MAX_PIXELS_CEILING,
+                  "the ceiling is OpenCV's own decode limit")
+        check_text("--prompt", args.prompt)
+        check_text("--system", args.system, optional=True)
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                   repetition_penalty=args.repetition_penalty, seed=args.seed)
         streaming = any(getattr(args, name) is not None for name in SOURCES)
@@ -130,35 +158,41 @@ def main(argv=None) -> int:
             return run_stream(args, sampling)
         image = args.image
         if image == "-":
-            image = sys.stdin.buffer.read()  # encoded bytes, e.g. `cat photo.jpg | ... --image -`
+            # encoded bytes, e.g. `cat photo.jpg | ... --image -`; read with a bound (`< /dev/zero` must not
+            # take the device's memory)
+            image = read_stream(sys.stdin.buffer, "--image -", args.max_image_pixels)
             if not image:
                 raise FlashVLError("--image -: stdin is empty; pipe an image file in, e.g. `< photo.jpg`")
         vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
-                          cuda_graphs=not args.no_cuda_graphs)
+                          cuda_graphs=not args.no_cuda_graphs, max_image_pixels=args.max_image_pixels,
+                          exif_orientation=not args.no_exif_orientation)
         gen = vl.stream(image, args.prompt, max_new_tokens=args.max_new_tokens or IMAGE_MAX_NEW_TOKENS,
                         sampling=sampling, system=args.system, iss=not args.no_iss)
         if args.json:
             for _ in gen:
                 pass
-            print(json.dumps(gen.result.as_dict(), ensure_ascii=False))
+            write_stdout(json.dumps(gen.result.as_dict(), ensure_ascii=False) + "\n")
             print(vl.backend.line(), file=sys.stderr)
         else:
             for piece in gen:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
+                write_stdout(piece)
+            write_stdout("\n")
             print(vl.backend.line(), file=sys.stderr)  # after the run: a user mistake stays one line
             print(_timing_line(gen.result), file=sys.stderr)
     except FlashVLError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # an engine file that cannot be read (permissions, I/O error)
-        print(f"error: {e.filename or args.engine}: {e.strerror or e}; check the engine folder's files and "
-              f"permissions", file=sys.stderr)
+    except OSError as e:  # a file that cannot be read (permissions, I/O error); stdout's are write_stdout's
+        if e.filename is None:
+            print(f"error: {e.strerror or e}; check the files this run reads and writes, and their disk",
+                  file=sys.stderr)
+        else:
+            print(f"error: {e.filename}: {e.strerror or e}; check that file's permissions and its disk",
+                  file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP
+        print(f"\n{describe(e)}", file=sys.stderr)
+        return exit_code(e)
     return 0
 
 
@@ -173,4 +207,4 @@ def _timing_line(r) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    stop_signals.exit(main())  # a run stopped by SIGTERM (or Ctrl-C, SIGHUP) ends by that signal

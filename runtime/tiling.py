@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.image import preprocess, resize_pil_bicubic
+from runtime.preprocess import preprocess, resize_pil_bicubic
 from runtime.manifest import PreprocessSpec, TilingSpec
 
 

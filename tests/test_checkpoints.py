@@ -29,7 +29,8 @@ from export.reference import run as reference_run
 from export.tokenizer import build_chatml_tokenizer
 from export.weights import CheckpointArgs
 from runtime import FlashVL
-from runtime.image import load_image, preprocess
+from runtime.image import load_image
+from runtime.preprocess import preprocess
 from tests.conftest import assert_one_line_error, run_cli
 
 TINY = get_preset("tiny")

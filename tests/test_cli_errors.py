@@ -106,7 +106,7 @@ def test_prompt_longer_than_the_context(tiny_engine):
     ("--max-new-tokens", "0", "--max-new-tokens"),
     ("--threads", "0", "--threads"),
     ("--max-seq-len", "1", "--max-seq-len"),
-    ("--max-seq-len", "5000", "outside 2..256"),
+    ("--max-seq-len", "5000", "max_seq_len must be an integer in 2..256, got 5000"),
 ])
 def test_bad_options(tiny_engine, flag, value, needle):
     assert_one_line_error(run(tiny_engine, flag, value), needle)
@@ -129,6 +129,9 @@ def test_export_errors_are_one_line(tmp_path):
                    "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, "not found")
     assert not (tmp_path / "o" / "manifest.json").exists()
+    proc = run_cli("-m", "export", "--preset", "tiny", "--random-weights", "--max-seq-len", "10000000",
+                   "--out", str(tmp_path / "o"))  # before: a MemoryError traceback building RoPE tables and caches
+    assert_one_line_error(proc, "--max-seq-len must be in 2..32768", "got 10000000")
 
 
 def test_image_from_stdin(tiny_engine, test_images):

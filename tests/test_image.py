@@ -1,6 +1,7 @@
-"""Tests for runtime/image.py: parity with PIL and the HF SigLIP processor, conversions, errors.
+"""Tests for runtime/image.py and runtime/preprocess.py: parity with PIL and the HF SigLIP processor,
+conversions, errors.
 
-The references (PIL, transformers) are imported here only; runtime/image.py never imports them.
+The references (PIL, transformers) are imported here only; the runtime never imports them.
 """
 
 import os
@@ -21,7 +22,8 @@ from transformers.image_utils import PILImageResampling
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from runtime.errors import ImageError
-from runtime.image import load_image, preprocess, resize_pil_bicubic
+from runtime.image import load_image
+from runtime.preprocess import preprocess, resize_pil_bicubic
 from runtime.manifest import PreprocessSpec
 
 SPEC = PreprocessSpec(

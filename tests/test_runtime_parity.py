@@ -21,7 +21,8 @@ import torch
 from export.reference import rebuild, run as reference_run
 from runtime import FlashVL
 from runtime.embedding import splice_image
-from runtime.image import load_image, preprocess
+from runtime.image import load_image
+from runtime.preprocess import preprocess
 from tests.conftest import run_cli
 
 CASES = [

@@ -169,7 +169,7 @@ def test_pieces_stream_the_text_before_the_event():
 
 
 @pytest.mark.parametrize("kwargs, needle", [({"interval": -1}, "--interval must be 0 or more"),
-                                            ({"interval": float("nan")}, "--interval"),
+                                            ({"interval": float("nan")}, "interval must be a finite number, got nan"),
                                             ({"min_change": 0}, "--min-change must be in (0, 1]"),
                                             ({"min_change": 1.5}, "--min-change")])
 def test_cadence_refuses_bad_values(kwargs, needle):

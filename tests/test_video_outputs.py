@@ -62,6 +62,18 @@ def test_jsonl_refuses_nan_and_writes_nothing(tmp_path, bad, where):
     assert path.read_text() == '{"seq": 1}\n'
 
 
+def test_jsonl_appends_so_a_restarted_run_keeps_the_earlier_captions(tmp_path):
+    path = tmp_path / "c.jsonl"
+    with JsonlWriter(str(path)) as w:
+        w.write({"id": 1, "caption": "first run"})
+    with open(path, "a") as f:
+        f.write('{"id": 2, "capt')  # a run killed in the middle of a line
+    with JsonlWriter(str(path)) as w:
+        w.write({"id": 1, "caption": "second run"})
+    records = [json.loads(line) for line in path.read_text().splitlines()]  # every line one JSON object
+    assert [r["caption"] for r in records] == ["first run", "second run"]  # the cut half-record is dropped
+
+
 def test_jsonl_dash_is_stdout_and_stays_open(capsys):
     w = JsonlWriter("-")
     w.write({"seq": 3, "caption": "a cat"})
@@ -249,6 +261,44 @@ def test_a_writer_failure_is_raised_by_close(tmp_path):
     one_line_error(e, "--save", "bad.mp4", "failed after 1 frames", "BGR uint8 [H, W, 3]")
     assert saver.frames_written == 1 and saver.dropped == 6
     saver.close()  # reported once; a second close is quiet
+
+
+def test_a_video_already_at_the_path_is_replaced_only_by_a_finished_one(tmp_path):
+    path = tmp_path / "kept.mp4"
+    with VideoSaver(str(path), fps=30, lossless=True) as first:
+        for i in range(10):
+            first.offer(scene(i), CAPTION)
+    before = path.read_bytes()
+    broken = VideoSaver(str(path), fps=30, lossless=True)  # a run that fails half-way
+    broken.offer(scene(0), CAPTION)
+    broken.offer(np.zeros((240, 320), np.uint8), CAPTION)
+    with pytest.raises(FlashVLError) as e:
+        broken.close()
+    one_line_error(e, "kept.mp4 is left as it was", "the frames written are in")
+    assert path.read_bytes() == before and len(read_video(path)) == 10
+    running = VideoSaver(str(path), fps=30, lossless=True)  # a run still going (or killed): the old file plays
+    for i in range(3):
+        running.offer(scene(i), CAPTION)
+    assert path.read_bytes() == before
+    running.close()
+    assert len(read_video(path)) == 3  # replaced once finished
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".kept.mp4")] == [os.path.basename(broken.partial)]
+
+
+def test_replacing_keeps_the_mode_and_a_killed_runs_partial_is_removed(tmp_path):
+    import subprocess
+    path = tmp_path / "v.avi"
+    with VideoSaver(str(path), fps=30, lossless=True) as first:
+        first.offer(scene(0), CAPTION)
+    os.chmod(path, 0o640)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".v.avi.{int(dead.stdout)}-1.partial.avi"  # what a SIGKILLed run leaves
+    stale.write_bytes(b"half a video")
+    with VideoSaver(str(path), fps=30, lossless=True) as second:
+        second.offer(scene(1), CAPTION)
+        second.offer(scene(2), CAPTION)
+    assert not stale.exists() and len(read_video(path)) == 2
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o640)
 
 
 def test_cv2_errors_on_the_writer_thread_become_one_line(tmp_path, monkeypatch):

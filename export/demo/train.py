@@ -5,7 +5,7 @@
 1. A tokenizer learnt from the scene language (export.demo.scenes.corpus), with Qwen2's
    ChatML and vision special tokens, so prompts go through the runtime's real chat template.
 2. A pool of scenes drawn with OpenCV and resized with the runtime's own resampler
-   (runtime.image.resize_pil_bicubic): the model trains on the pixels the runtime will feed it.
+   (runtime.preprocess.resize_pil_bicubic): the model trains on the pixels the runtime will feed it.
 3. Each example is one user turn built by runtime.chat (system, image pads, prompt), then the
    answer and <|im_end|>; the loss is on the answer and <|im_end|> only.  Each image of a step
    is asked for its caption and `turns - 1` questions of uniformly drawn kinds; the prefix the
@@ -46,7 +46,7 @@ from export.weights import random_weights
 from runtime.chat import ChatTokenizer
 from runtime.errors import FlashVLError
 from runtime.generate import Timings
-from runtime.image import resize_pil_bicubic
+from runtime.preprocess import resize_pil_bicubic
 
 PRESET = "demo"
 
@@ -130,7 +130,7 @@ def scene_pixels(bgr: np.ndarray, preset: Preset) -> np.ndarray:
 
 
 def normalize(rgb: torch.Tensor, preset: Preset) -> torch.Tensor:
-    """uint8 [B, S, S, 3] -> float32 [B, 3, S, S], as runtime.image.preprocess."""
+    """uint8 [B, S, S, 3] -> float32 [B, 3, S, S], as runtime.preprocess.preprocess."""
     p = preset.preprocess
     x = rgb.permute(0, 3, 1, 2).float() * p.rescale  # [B, 3, S, S]
     mean = torch.tensor(p.mean, dtype=torch.float32)[None, :, None, None]

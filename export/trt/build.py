@@ -32,6 +32,7 @@ from export.trt.memory import PeakMemory
 from export.trt_lint import lint_file
 from runtime import cuda_mem, trt_compat
 from runtime.backend import TRT_GPU, check_supported
+from runtime.engine_check import check_graph_records
 from runtime.errors import EngineError
 from runtime.files import verify_files
 from runtime.manifest import SCHEMA_VERSION, GraphSpec, Manifest, PlanSpec, ProfileSpec, TrtSpec, load_manifest, \
@@ -105,6 +106,7 @@ def build_plans(engine_dir: Path, cfg: BuildConfig) -> Manifest:
     engine_dir = Path(engine_dir)
     manifest = load_manifest(engine_dir)
     verify_files(engine_dir, manifest.files)
+    check_graph_records(engine_dir, manifest)
     g = manifest.graphs
     for role, graph in (("vision", g.vision), ("decoder", g.decoder)):
         check_graph(engine_dir, role, graph)

@@ -43,6 +43,7 @@ from runtime.backend_select import plan_mismatch, rebuild_hint
 from runtime.chat import ChatTokenizer
 from runtime.cli_parser import CliParser
 from runtime.embedding import TokenEmbedding
+from runtime.engine_check import check_graph_records
 from runtime.errors import EngineError, FlashVLError, ImageError
 from runtime.files import verify_files
 from runtime.image import load_image
@@ -163,7 +164,7 @@ def check(engine_dir: Path, manifest: Manifest, image: Path, prompt: str, onnx_r
           trt_runner_for: TrtRunnerFor, atol: float | None = None, rtol: float | None = None) -> Report:
     """The three cases, in order: vision, prefill, one decode step."""
     m, t, d = manifest, manifest.trt, manifest.decoder
-    tokenizer = ChatTokenizer.load(engine_dir / m.tokenizer, m.tokens, m.chat)
+    tokenizer = ChatTokenizer.load(engine_dir / m.tokenizer, m.tokens, m.chat, m.decoder.vocab_size)
     embed = TokenEmbedding(engine_dir / m.embeddings.file, m.embeddings, m.tokens.image_pad_id)
     rows, tokens = [], []
 
@@ -206,6 +207,7 @@ def load_checked(engine_dir: Path) -> Manifest:
         raise EngineError(f"{engine_dir}/manifest.json has no TensorRT plans (no `trt` record); build the plans "
                           f"first with `python -m export.trt --engine {engine_dir}`")
     verify_files(engine_dir, m.files)
+    check_graph_records(engine_dir, m)
     t = m.trt  # as if on the build machine, so only the stale-graph rule can object
     stale = plan_mismatch(engine_dir, m, t.tensorrt_version, t.gpu_name, t.compute_capability)
     if stale:

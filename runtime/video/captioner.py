@@ -36,6 +36,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from runtime.arguments import check_bool, check_number
 from runtime.errors import Cancelled, FlashVLError
 from runtime.video.capture import Capture, FrameSlot
 from runtime.video.change import scene_change, thumbnail
@@ -52,6 +53,11 @@ class Cadence:
     overlap: bool | None = None  # prepare (and encode) frame N+1 while decoding N; None: the model's default
 
     def __post_init__(self):
+        check_number("interval", self.interval)
+        if self.min_change is not None:
+            check_number("min_change", self.min_change)
+        if self.overlap is not None:
+            check_bool("overlap", self.overlap)
         if not 0 <= self.interval < float("inf"):  # also refuses NaN
             raise FlashVLError(f"--interval must be 0 or more seconds (finite), got {self.interval}")
         if self.min_change is not None and not 0 < self.min_change <= 1:

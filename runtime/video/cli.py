@@ -16,11 +16,13 @@ writable, --show has a display.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
+from runtime.arguments import check_int
+from runtime.cli_output import stdout_failure
 from runtime.errors import FlashVLError
+from runtime.stop_signals import deferred_stops, describe, exit_code
 
 def source_from_args(args):
     from runtime.video.frame import VideoSource
@@ -38,6 +40,22 @@ def source_from_args(args):
     if args.no_realtime and source.live:
         raise FlashVLError(f"--no-realtime reads a file as fast as the model goes; {source.describe()} is live")
     return source
+
+
+def check_outputs_are_not_inputs(args) -> None:
+    """--save and --jsonl must not name the --video being read, nor each other: the run would destroy it."""
+    named = [(flag, path) for flag, path in (("--video", args.video), ("--save", args.save), ("--jsonl", args.jsonl))
+             if path and path != "-"]
+    for i, (flag_a, a) in enumerate(named):
+        for flag_b, b in named[i + 1:]:
+            same = os.path.abspath(a) == os.path.abspath(b)
+            try:
+                same = same or os.path.samefile(a, b)
+            except OSError:  # one of them does not exist yet
+                pass
+            if same:
+                raise FlashVLError(f"{flag_a} and {flag_b} name the same file ({a}): writing it would destroy "
+                                   f"what is there; give {flag_b} another path")
 
 
 def check_display() -> None:
@@ -119,10 +137,11 @@ def run_stream(args, sampling) -> int:
     cadence = Cadence(args.interval, args.min_change, overlap={"auto": None, "on": True, "off": False}[args.overlap])
     prompt = PromptConfig(args.prompt, args.max_new_tokens or CAPTION_MAX_NEW_TOKENS, sampling, args.system,
                           iss=not args.no_iss)
-    if args.max_captions is not None and args.max_captions < 1:
-        raise FlashVLError(f"--max-captions must be at least 1, got {args.max_captions}")
+    if args.max_captions is not None:
+        check_int("--max-captions", args.max_captions, 1)
     if args.show:
         check_display()
+    check_outputs_are_not_inputs(args)
     realtime = not args.no_realtime
     jsonl = JsonlWriter(args.jsonl) if args.jsonl else None
     reader = saver = None
@@ -132,7 +151,8 @@ def run_stream(args, sampling) -> int:
         if args.save:
             saver = VideoSaver(args.save, reader.stats.fps, lossless=not realtime, queue_frames=16)
         vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
-                          cuda_graphs=not args.no_cuda_graphs, spinning=False)  # see FlashVL.load
+                          cuda_graphs=not args.no_cuda_graphs, spinning=False,  # see FlashVL.load
+                          max_image_pixels=args.max_image_pixels)  # each frame is checked as it is prepared
     except BaseException:
         try:
             _close_all(saver, reader, jsonl)
@@ -159,16 +179,21 @@ def run_stream(args, sampling) -> int:
                     jsonl.write(item.as_json())
                 except OSError as e:
                     if args.jsonl == "-":
-                        raise
+                        raise stdout_failure(e, "the captions") from None
                     raise FlashVLError(f"--jsonl {args.jsonl}: cannot write ({e.strerror or e}); free some space "
                                        f"or write somewhere else") from None
-            if printer is not None:
+        if printer is None:
+            return
+        try:
+            if hasattr(item, "repeat"):
                 printer.event(item)
-        elif printer is not None:
-            printer.piece(item)
+            else:
+                printer.piece(item)
+        except OSError as e:  # stdout, not the engine: `> /dev/full`, or `| head` (BrokenPipeError: the end)
+            raise stdout_failure(e, "the captions") from None
 
     t0 = time.perf_counter()
-    interrupted = False
+    interrupted = None  # the KeyboardInterrupt (Ctrl-C) or Stopped (SIGTERM, SIGHUP) that ended the loop
     stream = None
     try:
         stream = vl.captions(reader, prompt, cadence, realtime=realtime, pieces=printer is not None,
@@ -179,33 +204,37 @@ def run_stream(args, sampling) -> int:
                 handle(item)
             if args.show and latest[0] is not None and _show(latest[0], *shown):
                 break  # q or Esc in the window
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (runtime.stop_signals): the same orderly end
+        interrupted = e
     except BrokenPipeError:  # `... --jsonl - | head`: the reader has gone, so end as if the source had
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the flush short
-        try:
-            if stream is None:
-                reader.close()
-            else:
-                stream.stop()
-                while captions != args.max_captions and (item := _next_quietly(stream)) is not None:
-                    handle(item)  # what the loop finished before it stopped
-            if printer is not None:
-                printer.end_line()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            _close_all(saver, jsonl, vl)
+        with deferred_stops():  # a second Ctrl-C or SIGTERM must not cut the flush short
+            try:
+                if stream is None:
+                    reader.close()
+                else:
+                    stream.stop()
+                    while captions != args.max_captions and (item := _next_quietly(stream)) is not None:
+                        handle(item)  # what the loop finished before it stopped
+                if printer is not None:
+                    try:
+                        printer.end_line()
+                    except OSError as e:
+                        raise stdout_failure(e, "the captions") from None
+            except BrokenPipeError:  # Ctrl-C reached `| jq` too: the reader is gone, the files are still closed
+                pass
+            finally:
+                _close_all(saver, jsonl, vl)
     print(vl.backend.line(), file=sys.stderr)
     if stream is not None:
         print(summary_line(stream.stats(), time.perf_counter() - t0), file=sys.stderr)
         if saver is not None:
             print(f"saved {args.save}: {saver.frames_written} frames"
                   + (f" ({saver.dropped} left out: the writer fell behind)" if saver.dropped else ""), file=sys.stderr)
-    if interrupted:
-        print("interrupted", file=sys.stderr)
-        return 130
+    if interrupted is not None:
+        print(describe(interrupted), file=sys.stderr)
+        return exit_code(interrupted)
     return 0
 
 

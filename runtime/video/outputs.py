@@ -19,11 +19,15 @@ reported before a long run starts, not at its end.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
 import queue
+import re
+import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -33,6 +37,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import FlashVLError
+from runtime.files import process_alive
 from runtime.video.overlay import draw_caption
 
 log = logging.getLogger(__name__)
@@ -65,7 +70,12 @@ def _one_line(e: BaseException) -> str:
 
 
 class JsonlWriter:
-    """One JSON object per line to a file or stdout; safe to call from several threads."""
+    """One JSON object per line to a file or stdout; safe to call from several threads.
+
+    A file is appended to, never truncated: a service restarted with the same --jsonl keeps the captions
+    of its earlier runs (each run's ids start at 1 again; capture_ts tells the runs apart).  A last line
+    left unfinished by a killed run is dropped first, so every line stays one JSON object.
+    """
 
     def __init__(self, target: str):
         self.target = target
@@ -75,7 +85,8 @@ class JsonlWriter:
             return
         _check_folder("--jsonl", target)
         try:
-            self._stream = open(target, "w", encoding="utf-8", newline="\n")
+            _drop_cut_line(target)
+            self._stream = open(target, "a", encoding="utf-8", newline="\n")
         except OSError as e:
             raise FlashVLError(f"--jsonl {target}: cannot open for writing ({e.strerror or e}); "
                                f"check the folder's permissions or pass another path") from None
@@ -105,6 +116,31 @@ class JsonlWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drop_cut_line(path: str) -> None:
+    """A regular file whose last line a killed run left unfinished loses that fragment (half a JSON object,
+    which no reader could parse), so the lines appended after it stay whole; pipes and ttys are left alone."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    with open(path, "r+b") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        cut = 0
+        while pos > 0:
+            start = max(0, pos - (1 << 16))
+            f.seek(start)
+            i = f.read(pos - start).rfind(b"\n")
+            if i >= 0:
+                cut = start + i + 1
+                break
+            pos = start
+        if cut != end:
+            log.warning("--jsonl %s: dropped an unfinished last line of %d bytes (a run killed mid-write)", path,
+                        end - cut)
+            f.truncate(cut)
 
 
 def _json_default(obj):
@@ -150,6 +186,11 @@ class VideoSaver:
             fps = DEFAULT_FPS
         self.fps = fps
         self.fourcc = _probe_codec(self.path, ext, folder, self.fps)
+        # Frames go to a hidden file beside `path`, renamed over it once the video is finalised: a run that
+        # fails or is killed never costs a video already at `path` (the extension picks the container).
+        _remove_stale_partials(folder, os.path.basename(self.path), ext)
+        self.partial = os.path.join(folder, f".{os.path.basename(self.path)}.{os.getpid()}-{next(_SAVERS)}"
+                                            f".partial{ext}")
         self.lossless = lossless
         self.frames_written = 0  # written by the writer thread only
         self.dropped = 0  # frames offered that are not in the file
@@ -214,7 +255,8 @@ class VideoSaver:
         if self._size is None:
             h, w = image.shape[:2]
             self._size = (w - w % 2, h - h % 2)  # codecs need even sizes; OpenCV would crop silently
-            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self._size)
+            self._writer = cv2.VideoWriter(self.partial, cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
+                                           self._size)
             if not self._writer.isOpened():
                 raise FlashVLError(f"cv2.VideoWriter could not open {self.path} at {w}x{h} with "
                                    f"{self.fourcc}; try --save with a .avi path (MJPG)")
@@ -234,12 +276,22 @@ class VideoSaver:
             self._queue.put(None)  # after the queued frames; the writer is draining, so room will come
             self._thread.join()
             if self._error is not None:
+                kept = (f"{self.path} is left as it was, the frames written are in {self.partial}"
+                        if os.path.exists(self.partial) else f"{self.path} is left as it was")
                 raise FlashVLError(
                     f"--save {self.path}: the video writer failed after {self.frames_written} frames "
-                    f"({_one_line(self._error)}); the file is incomplete; check the disk space, or try a "
-                    f".avi path (MJPG)")
+                    f"({_one_line(self._error)}); {kept}; check the disk space, or try a .avi path (MJPG)")
             if self.frames_written == 0:
                 log.warning("--save %s: no frames were offered, no file written", self.path)
+                _remove(self.partial)
+                return
+            try:
+                if os.path.isfile(self.path):  # the video replaced keeps its permissions (a shared folder's 0664)
+                    shutil.copymode(self.path, self.partial)
+                os.replace(self.partial, self.path)
+            except OSError as e:
+                raise FlashVLError(f"--save {self.path}: cannot move the finished video there ({e.strerror or e}); "
+                                   f"it is at {self.partial}") from None
 
     def __enter__(self) -> VideoSaver:
         return self
@@ -257,6 +309,25 @@ def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image[:size[1], :size[0]]  # [H0, W0, 3]
     shrink = w * h > size[0] * size[1]
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+_SAVERS = itertools.count(1)  # one partial file name per saver, even several in one process
+
+
+def _remove_stale_partials(folder: str, name: str, ext: str) -> None:
+    """The partial files a killed run left beside `name` (its process is gone)."""
+    left = re.compile(rf"\.{re.escape(name)}\.(\d+)-\d+\.partial{re.escape(ext)}")
+    for entry in os.listdir(folder):
+        m = left.fullmatch(entry)
+        if m is not None and not process_alive(int(m[1])):
+            _remove(os.path.join(folder, entry))
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _probe_codec(path: str, ext: str, folder: str, fps: float) -> str:
