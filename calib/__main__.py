@@ -20,9 +20,10 @@ exit_unless_installed("export", "python -m calib")  # before the imports that ne
 
 from calib.calibrate import DEFAULT_IMAGES, METHODS, CalibConfig, calibrate
 from export import progress
+from runtime import stop_signals
+from runtime.cli_output import error_line
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
-from runtime import stop_signals
 from runtime.stop_signals import describe, exit_code, stopping_on_signals
 
 
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
         print(f"{describe(e)}: {args.engine} is as it was before", file=sys.stderr)
         return exit_code(e)
     except FlashVLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: {e.filename or args.engine}: {e.strerror or e}; check the path, its permissions and free space",

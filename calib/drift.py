@@ -29,6 +29,7 @@ import numpy as np
 from calib.report import check_same_model
 from runtime import graph_io as io
 from runtime.api import FlashVL, vision_pixels
+from runtime.cli_output import error_line
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.files import verify_files
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     try:
         rows = drift(args.engine, args.against, args.graph, args.image, args.prompt, args.save_inputs)
     except FlashVLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     print(table(rows, args.tol, args.top))
     return 0

@@ -27,6 +27,7 @@ import numpy as np
 from calib.sources import SourceReport, count_images, iter_images
 from export import progress
 from runtime.api import FlashVL
+from runtime.cli_output import error_line
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.manifest import Manifest
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
         r = compare(args.engine, args.against, args.images, args.max_images, args.prompts, args.new_tokens,
                     args.threads)
     except FlashVLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     print(json.dumps(asdict(r), indent=1) if args.json else table(r))
     return 0

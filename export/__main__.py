@@ -34,10 +34,11 @@ from export.build import WeightSource, export_engine, with_max_seq_len
 from export.precision import DECODER_PRECISIONS, plan_from_args
 from export.presets import PRESETS, get_preset
 from export.weights import CheckpointArgs
+from runtime import stop_signals
+from runtime.cli_output import error_line
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.manifest import FLAVOURS
-from runtime import stop_signals
 from runtime.stop_signals import describe, exit_code, stopping_on_signals
 
 
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         print(f"{describe(e)}: {args.out} is as it was before the export", file=sys.stderr)
         return exit_code(e)
     except FlashVLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     except OSError as e:  # disk full, read-only or unwritable --out, permissions: the user's to fix
         print(f"error: {e.filename or args.out}: {e.strerror or e}; check the path, its permissions and free space",

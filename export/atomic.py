@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import re
 import secrets
@@ -59,6 +60,32 @@ def check_target(out: Path) -> None:
     if real.is_dir() and not (real / MANIFEST_FILE).is_file() and any(real.iterdir()):
         raise EngineError(f"{out}: not empty and holds no {MANIFEST_FILE}, so it is not an engine folder, and "
                           f"an export replaces its folder whole; choose a new or empty folder, or remove it")
+    if real.is_dir() and (real / MANIFEST_FILE).is_file():
+        foreign = _foreign_entries(real)
+        if foreign:
+            raise EngineError(f"{out}: holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which no "
+                              f"export, calibration or TensorRT build wrote, and an export replaces the folder "
+                              f"whole; move them out, or choose another --out")
+
+
+# What an engine folder holds besides the files its manifest lists (runtime.manifest's layout)
+_ARTEFACTS = {MANIFEST_FILE, ".verified.json", "vision.plan", "decoder.plan", "timing.cache", "calibration.json",
+              "calibration.cache", "vision.int8.onnx", "vision.int8.onnx.data"}
+_TEMPORARY = re.compile(r".*\.tmp")  # manifest.json.tmp, .verified.json.<pid>.tmp, a plan being written
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """Entries of an engine folder that none of our tools wrote (someone's files, or a folder that only has a
+    manifest.json of another kind): an export must not delete them."""
+    try:
+        raw = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+        listed = {f["path"] for f in raw["files"]} if isinstance(raw, dict) and "schema_version" in raw else None
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = None
+    if listed is None:
+        return [f"a {MANIFEST_FILE} that is not an engine manifest"]
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name not in listed and p.name not in _ARTEFACTS and not _TEMPORARY.fullmatch(p.name))
 
 
 def check_inputs_outside(out: Path, inputs: dict[str, Path]) -> None:
@@ -76,8 +103,8 @@ def building(out: Path, inputs: dict[str, Path] | None = None):
     """Yield a temporary folder beside `out`; on a clean exit, check it and swap it in for `out`.
     `inputs` ({flag: path}) are what the build reads: refused if they lie inside `out`."""
     out = Path(out)
+    check_inputs_outside(out, inputs or {})  # first: an input inside `out` is also a file no export wrote there
     check_target(out)
-    check_inputs_outside(out, inputs or {})
     real = out.resolve()  # a symlink to an engine folder keeps pointing at the new one
     made = [p for p in (real.parent, *real.parent.parents) if not p.exists()]  # deepest first
     real.parent.mkdir(parents=True, exist_ok=True)

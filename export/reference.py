@@ -28,6 +28,7 @@ from export.build import WeightSource, build_model, load_tokenizer, with_max_seq
 from export.presets import get_preset
 from export.weights import CheckpointArgs, CheckpointError
 from runtime.chat import ChatTokenizer
+from runtime.cli_output import error_line
 from runtime.cli_parser import CliParser
 from runtime.embedding import splice_image
 from runtime.errors import FlashVLError
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     try:
         result = run(args.engine, args.image, args.prompt, args.max_new_tokens, args.system, iss=not args.no_iss)
     except FlashVLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     print(json.dumps(result, ensure_ascii=False) if args.json else result["text"])
     return 0

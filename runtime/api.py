@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.arguments import check_bool, check_choice, check_int, check_text, check_threads
+from runtime.arguments import check_bool, check_choice, check_int, check_text, check_threads, check_utf8_path
 from runtime.backend import ORT_CPU, TRT_GPU, check_supported
 from runtime.backend_select import TENSORRT, BackendChoice, choose_backend
 from runtime.chat import ChatTokenizer
@@ -152,6 +152,7 @@ class FlashVL:
         check_bool("exif_orientation", exif_orientation)
         for name, flag in (("cuda_graphs", cuda_graphs), ("spinning", spinning)):
             check_bool(name, flag)
+        check_utf8_path("engine folder", engine_dir, "ONNX Runtime and tokenizers")
         engine_dir = Path(engine_dir)
         manifest = load_manifest(engine_dir)
         if max_seq_len is not None:

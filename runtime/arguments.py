@@ -85,3 +85,20 @@ def check_threads(value, name: str = "threads") -> int | None:
     n = cpu_count()
     return check_int(name, value, 1, n, f"this machine gives the process {n} CPU{'s' if n > 1 else ''} "
                                              f"(default: all of them)")
+
+
+def check_utf8_path(flag: str, path, reader: str) -> None:
+    """A path that `reader` (OpenCV's video I/O, ONNX Runtime, tokenizers) takes only as UTF-8: one holding bytes
+    that are not UTF-8 (a str with surrogate escapes, as sys.argv and os.fsdecode give them) would crash
+    VideoCapture and VideoWriter with a segfault, or fail inside the others with words about the file."""
+    text = os.fsdecode(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise FlashVLError(f"{flag} {shown}: character {e.start} of the path is a byte that is not UTF-8, which "
+                           f"{reader} cannot open; rename it") from None
+
+
+def check_opencv_path(flag: str, path) -> None:
+    check_utf8_path(flag, path, "OpenCV's video I/O")

@@ -74,7 +74,15 @@ def check_graph_io(path, spec: GraphSpec, inputs: list[tuple[str, str, list]], o
             raise EngineError(f"{path}: graph {kind}s {got_names[:6]}..., manifest.json lists {want_names[:6]}...; "
                               f"the folder mixes files from two exports, re-export it")
         for (name, dtype, shape), w in zip(got, want):
-            if dtype != w.dtype or len(shape) != len(w.shape) or any(
-                    isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(shape, w.shape)):
+            if dtype != w.dtype or len(shape) != len(w.shape) or not all(map(_dim_agrees, shape, w.shape)):
                 raise EngineError(f"{path}: {kind} '{name}' is {dtype}{list(shape)}, manifest.json says "
                                   f"{w.dtype}{list(w.shape)}; re-export the engine folder")
+
+
+def _dim_agrees(got, want) -> bool:
+    """A loaded graph's dim against the manifest's: a fixed size must be the same number; a free one (ONNX
+    Runtime: its name or None, TensorRT: -1 or its own label) must be free (a name) in the manifest too."""
+    if isinstance(got, int) and got >= 0:
+        return isinstance(want, int) and want == got
+    return isinstance(want, str)
+

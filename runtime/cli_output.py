@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 
 from runtime.errors import FlashVLError
@@ -35,3 +36,14 @@ def write_stdout(text: str) -> None:
             raise FlashVLError(f"stdout: cannot write the answer ({e.strerror or e}); the program reading the pipe "
                                f"exited before the answer was written") from None
         raise failure from None
+
+
+# C0/C1 controls (ESC starts terminal sequences), and the bidi overrides that reorder what a terminal shows
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def error_line(e: BaseException) -> str:
+    """`error: ...` for the user, one line whatever a path or a manifest string held: control characters
+    (a newline, ESC[2J) and bidi overrides are shown escaped, never sent to the terminal."""
+    return "error: " + _UNPRINTABLE.sub(lambda m: m[0].encode("unicode_escape").decode(), str(e))
+

@@ -37,6 +37,9 @@ def verify_files(engine_dir: Path, entries: tuple[FileEntry, ...]) -> None:
     fresh = {}
     for e in entries:
         path = engine_dir / e.path
+        if path.exists() and not path.is_file():
+            raise EngineError(f"{path}: listed in manifest.json as a file, but it is a folder, device or pipe; copy "
+                              f"the whole engine folder again or re-export it")
         if not path.is_file():
             raise EngineError(f"{path}: listed in manifest.json but missing; copy the whole engine folder "
                               f"or re-export it")

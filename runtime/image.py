@@ -152,7 +152,7 @@ def _checked_header(src, where: str, max_pixels: int) -> Header | None:
     except HeaderError as e:
         raise ImageError(f"{where}: malformed header ({e}); re-save the image with an image editor") from None
     if header is not None and header.width is not None and header.height is not None:
-        if header.width == 0 or header.height == 0:
+        if header.width <= 0 or header.height <= 0:
             raise ImageError(
                 f"{where}: the {header.format.upper()} header says {header.width}x{header.height} pixels, an "
                 f"image without pixels; the file is damaged, re-save or re-export it")
@@ -191,14 +191,21 @@ def _decode(data: np.ndarray, header: Header | None, where: str, background: np.
         raise ImageError(
             f"{where}: truncated PNG (got {n:,} bytes, no IEND chunk); "
             f"the file was cut off while saving, copying or downloading, re-copy or re-save it")
+    if header is not None and (header.width is None or header.height is None):
+        # A format we read whose size we could not find: decoding it would be trusting the decoder not to
+        # allocate what the limit is there to refuse (libtiff takes sizes this reader did not).
+        raise ImageError(f"{where}: a {header.format.upper()} whose header gives no size (damaged, or a layout not "
+                         f"read here), so its size cannot be checked before decoding; re-save it as PNG or JPEG")
     try:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # [H, W] | [H, W, C], BGR(A)
     except cv2.error:
         img = None
     if img is None or img.size == 0:
+        path_like = where == "image bytes" and n < 4096 and bytes(view[:1]) in (b"/", b".", b"~")
         raise ImageError(
             f"{where}: not an image OpenCV can decode (got {n:,} bytes starting with {bytes(view[:12])!r}); "
-            f"{FORMATS_HINT}")
+            f"{FORMATS_HINT}" + ("; bytes are read as an encoded image, pass a path as a str or pathlib.Path"
+                                 if path_like else ""))
     _check_size(img.shape[1], img.shape[0], where, max_pixels)  # formats whose header was not read
     if img.dtype == np.uint16:
         img = _from_16bit(img)

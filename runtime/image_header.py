@@ -110,7 +110,7 @@ def exif_orientation(tiff) -> int:
 
 
 def _tiff_tags(s: _Source, wanted: tuple[int, ...]) -> dict[int, int]:
-    """IFD0's single SHORT/LONG values for the `wanted` tags (classic TIFF and BigTIFF, either byte order)."""
+    """IFD0's single integer values for the `wanted` tags (classic TIFF and BigTIFF, either byte order)."""
     head = s.read(0, 16)
     bo = {b"II": "<", b"MM": ">"}.get(head[:2])
     if bo is None or len(head) < 8:
@@ -128,7 +128,10 @@ def _tiff_tags(s: _Source, wanted: tuple[int, ...]) -> dict[int, int]:
         return {}
     count = min(struct.unpack(bo + count_fmt, raw)[0], MAX_STEPS)  # more entries than that: only the first
     table = s.read(ifd + count_size, count * entry)
-    sizes = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8 (BigTIFF)
+    # BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG, LONG8, SLONG8 (BigTIFF): libtiff takes any integer type for a
+    # size, so a reader that skipped one would let a 30000x30000 TIFF through unsized
+    sizes = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 6: ("b", 1), 8: ("h", 2), 9: ("i", 4), 16: ("Q", 8),
+             17: ("q", 8)}
     out = {}
     for i in range(len(table) // entry):
         e = table[i * entry:(i + 1) * entry]

@@ -72,6 +72,9 @@ class VisionSpec:
         _one_of("vision.family", self.family, ("siglip", "aimv2"))
         _one_of("vision.feature", self.feature, ("post_layernorm",) if self.family == "siglip" else ("post_rmsnorm",))
         _one_of("vision.act", self.act, ("gelu_tanh",) if self.family == "siglip" else ("swiglu",))
+        if self.patch_size < 1 or self.image_size < 1:
+            raise EngineError(f"vision.image_size and patch_size must be at least 1, got {self.image_size} and "
+                              f"{self.patch_size}")
         if self.image_size % self.patch_size:
             raise EngineError(
                 f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -151,6 +154,8 @@ class DecoderSpec:
     def __post_init__(self):
         _one_of("decoder.family", self.family, ("qwen2",))
         _one_of("decoder.kv_layout", self.kv_layout, ("seq_major",))
+        if self.n_kv_heads < 1:
+            raise EngineError(f"decoder.n_kv_heads must be at least 1, got {self.n_kv_heads}")
         if self.n_heads % self.n_kv_heads:
             raise EngineError(
                 f"decoder.n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")

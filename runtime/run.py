@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from runtime.arguments import check_int, check_text, check_threads
-from runtime.cli_output import write_stdout
+from runtime.cli_output import error_line, write_stdout
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.image_header import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING  # not runtime.image: no OpenCV for --help
@@ -110,7 +110,7 @@ def quiet_opencv() -> None:
     `error:` line that says the same thing with the fix.  -v keeps them."""
     import cv2
 
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its ERRORs too: ours says it, with the fix
     # OpenCV reads it when its FFmpeg backend starts, at the first VideoCapture/VideoWriter; -8 = AV_LOG_QUIET
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
@@ -157,6 +157,8 @@ def _run(args) -> int:
 
             return run_stream(args, sampling)
         image = args.image
+        if image == "-" and sys.stdin is None:  # started with <&-
+            raise FlashVLError("--image -: stdin is closed; pipe an image file in, e.g. `< photo.jpg`")
         if image == "-":
             # encoded bytes, e.g. `cat photo.jpg | ... --image -`; read with a bound (`< /dev/zero` must not
             # take the device's memory)
@@ -180,7 +182,7 @@ def _run(args) -> int:
             print(vl.backend.line(), file=sys.stderr)  # after the run: a user mistake stays one line
             print(_timing_line(gen.result), file=sys.stderr)
     except FlashVLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     except OSError as e:  # a file that cannot be read (permissions, I/O error); stdout's are write_stdout's
         if e.filename is None:

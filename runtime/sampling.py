@@ -62,10 +62,14 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+TEMPERATURE_RANGE = (1e-3, 1e3)  # logits / T in float32: past these it overflows, or every token ties
+
+
 def _check_temperature(value) -> None:
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
+    lo, hi = TEMPERATURE_RANGE
+    if not _is_number(value) or not math.isfinite(value) or value < 0 or (value != 0 and not lo <= value <= hi):
         raise FlashVLError(
-            f"temperature must be a finite number >= 0, got {value!r}; "
+            f"temperature must be 0 (greedy) or between {lo:g} and {hi:g}, got {value!r}; "
             f"pass --temperature 0 for greedy decoding or a positive value such as 0.7")
 
 

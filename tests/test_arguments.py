@@ -82,7 +82,7 @@ def test_load_wants_a_path():
 @pytest.mark.parametrize("make, needle", [
     (lambda: Cadence(interval="2"), "interval must be a finite number, got '2'"),
     (lambda: Cadence(interval=float("nan")), "interval must be a finite number, got nan"),
-    (lambda: Cadence(min_change="x"), "min_change must be a finite number"),
+    (lambda: Cadence(min_change="x"), "--min-change must be a finite number"),
     (lambda: Cadence(overlap=1), "overlap must be True or False, got 1"),
     (lambda: PromptConfig(max_new_tokens=1.5), "max_new_tokens must be an integer at least 1"),
     (lambda: PromptConfig("a\udcffb"), "prompt is not valid text"),
@@ -169,3 +169,48 @@ def test_ffmpeg_says_nothing_before_the_one_error_line(tiny_engine, tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --video"), proc.stderr
     verbose = run_cli("-m", "runtime.run", "--engine", str(tiny_engine), "--video", str(fake), "-v")
     assert "moov atom not found" in verbose.stderr  # -v keeps FFmpeg's own words
+
+
+@pytest.mark.parametrize("t", [1e-40, 1e-50, 1e308, -0.5])
+def test_temperature_extremes_are_refused_by_name(t):
+    """1e-40 overflowed float32 into a softmax error that blamed the model; 1e308 sampled noise."""
+    from runtime.sampling import SamplingConfig
+    with pytest.raises(FlashVLError, match=r"temperature must be 0 \(greedy\) or between 0.001 and 1000"):
+        SamplingConfig(temperature=t)
+    assert SamplingConfig(temperature=1e-3).temperature == 1e-3 and SamplingConfig(temperature=1e3)
+
+
+def test_a_closed_stdin_for_image_dash(tiny_engine):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    proc = subprocess.run(["sh", "-c", '"$0" -m runtime.run --engine "$1" --image - <&-', sys.executable,
+                           str(tiny_engine)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, "--image -: stdin is closed")
+
+
+@pytest.mark.parametrize("flag", ["--video", "--save", "--engine"])
+def test_paths_that_are_not_utf8_are_refused_before_opencv_or_onnx_runtime_see_them(tiny_engine, tmp_path, flag):
+    """OpenCV's VideoCapture/VideoWriter segfaulted on them (exit 139, no word); tokenizers blamed the file."""
+    bad = os.fsencode(tmp_path) + b"/x\xff"
+    args = {"--video": [b"--video", bad + b".mp4"], "--engine": [],
+            "--save": [b"--video", b"samples/clip.mp4", b"--save", bad + b".mp4"]}[flag]
+    engine = bad if flag == "--engine" else os.fsencode(tiny_engine)
+    if flag == "--engine":
+        import shutil
+        shutil.copytree(tiny_engine, os.fsdecode(bad))
+    proc = _run_bytes("-m", "runtime.run", "--engine", engine, *args)
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, "", proc.stderr.decode())
+    assert_one_line_error(proc, "x\\xff", "is a byte that is not UTF-8", "rename it")
+
+
+def test_control_characters_in_an_error_are_shown_escaped(tmp_path):
+    from runtime.cli_output import error_line
+    assert error_line(ValueError("a\x1b[2Jb\nc\u202ed\x00")) == "error: a\\x1b[2Jb\\nc\\u202ed\\x00"
+    proc = run_cli("-m", "runtime.run", "--engine", str(tmp_path / "nope\x1b[2J"))
+    line = assert_one_line_error(proc, "nope\\x1b[2J")
+    assert "\x1b" not in line
+
+
+def test_jsonl_to_a_full_disk_names_jsonl(tiny_engine):
+    proc = run_cli("-m", "runtime.run", "--engine", str(tiny_engine), "--video", "samples/clip.mp4", "--no-realtime",
+                   "--max-captions", "1", "--max-new-tokens", "2", "--jsonl", "/dev/full")
+    assert_one_line_error(proc, "--jsonl /dev/full: cannot write (No space left on device)")

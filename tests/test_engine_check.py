@@ -205,3 +205,26 @@ def test_calibration_refuses_an_edited_manifest_rather_than_stamping_it(tiny_eng
     d = _copy(tiny_engine, tmp_path, _set("preprocess.mean", [0.4, 0.5, 0.5]))
     with pytest.raises(EngineError, match=r"preprocess.mean is \[0.4, 0.5, 0.5\], but vision.onnx was exported"):
         calibrate(d, CalibConfig())
+
+
+@pytest.mark.parametrize("field", ["vision.patch_size", "decoder.n_kv_heads"])
+def test_a_zero_the_specs_divide_by(tiny_engine, tmp_path, field):
+    with pytest.raises(EngineError, match=rf"{field.split('.')[0]}\.\w*.* must be at least 1"):
+        load_manifest(_copy(tiny_engine, tmp_path, _set(field, 0)))
+
+
+def test_a_listed_file_that_is_a_device(tiny_engine, tmp_path):
+    d = _copy(tiny_engine, tmp_path)
+    (d / "embed_tokens.npy").unlink()
+    (d / "embed_tokens.npy").symlink_to("/dev/zero")
+    with pytest.raises(EngineError, match="embed_tokens.npy: listed in manifest.json as a file, but it is a folder, "
+                                          "device or pipe"):
+        FlashVL.load(d)
+
+
+@pytest.mark.parametrize("value", [-1, 10**30, 1])
+def test_a_free_dimension_of_the_io_table_must_be_the_graphs_name(tiny_engine, tmp_path, value):
+    def edit(raw):
+        raw["graphs"]["decoder"]["inputs"][0]["shape"][0] = value  # inputs_embeds [batch, seq, dim]
+    with pytest.raises(EngineError, match="input 'inputs_embeds' is float32\\['batch', 'seq', 64\\], manifest.json says"):
+        FlashVL.load(_copy(tiny_engine, tmp_path, edit))

@@ -216,3 +216,23 @@ def test_an_input_inside_out_is_refused_before_it_could_be_swapped_away(tmp_path
     proc = run("-m", "export", "--preset", "demo", "--checkpoint", str(out / "ckpt"), "--out", str(out))
     assert_one_line_error(proc, f"--checkpoint {out / 'ckpt'} lies inside --out {out}", "move it out")
     assert (out / "ckpt" / "model.safetensors").read_bytes() == (DEMO_CHECKPOINT / "model.safetensors").read_bytes()
+
+
+def test_a_folder_with_foreign_files_is_never_replaced(tmp_path, tiny_engine):
+    """A manifest.json alone does not make an engine folder (a web app's has one); nor may an engine folder's
+    other files (someone's notes) go with it."""
+    import shutil
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "manifest.json").write_text('{"name": "my pwa"}')
+    (app / "thesis.txt").write_text("precious")
+    assert_one_line_error(run(*EXPORT, str(app)), "a manifest.json that is not an engine manifest")
+    assert (app / "thesis.txt").read_text() == "precious"
+    eng = tmp_path / "eng"
+    shutil.copytree(tiny_engine, eng)
+    (eng / "notes.txt").write_text("mine")
+    (eng / "vision.plan").write_bytes(b"a plan")  # ours: may go
+    assert_one_line_error(run(*EXPORT, str(eng)), "holds notes.txt, which no export", "move them out")
+    assert (eng / "notes.txt").read_text() == "mine"
+    (eng / "notes.txt").unlink()
+    assert run(*EXPORT, str(eng)).returncode == 0 and not (eng / "vision.plan").exists()

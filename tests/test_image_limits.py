@@ -449,3 +449,19 @@ def test_stdin_with_a_header_too_fragmented_to_size(demo_engine):
     proc = subprocess.CompletedProcess(proc.args, proc.returncode, "", proc.stderr.decode())
     assert_one_line_error(proc, "malformed header (more than 4096 JPEG segments")
 
+
+
+def test_tiff_sizes_of_every_integer_type_are_read():
+    """libtiff takes a size tag of any integer type; a TIFF whose sizes were SLONG went through unsized
+    (30000x30000: 2.7 GB decoded from 2.6 MB)."""
+    signed = tiff_bytes(30000, 30000, "<", 9)  # SLONG
+    assert (read_header(signed).width, read_header(signed).height) == (30000, 30000)
+    with pytest.raises(ImageError, match="30000x30000 = 900.0 MP, over the limit"):
+        load_image(signed)
+
+
+def test_a_known_format_without_a_readable_size_is_not_decoded():
+    no_size = b"II*\0" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 259, 3, 1, 1) + struct.pack("<I", 0)
+    assert read_header(no_size) == Header("tiff", None, None)
+    with pytest.raises(ImageError, match="a TIFF whose header gives no size .* re-save it as PNG or JPEG"):
+        load_image(no_size)

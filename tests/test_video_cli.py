@@ -227,11 +227,15 @@ def test_soak_thousands_of_frames_memory_stays_flat(tiny_engine, tmp_path):
     (["--video", "CLIP", "--save", "CLIP"], ["--video and --save name the same file", "give --save another path"]),
     (["--video", "CLIP", "--jsonl", "CLIP"], ["--video and --jsonl name the same file"]),
     (["--video", "CLIP", "--jsonl", "SAME.avi", "--save", "SAME.avi"], ["--save and --jsonl name the same file"]),
+    (["--video", "CLIP", "--jsonl", "ENGINE/manifest.json"], ["--jsonl", "lies inside the engine folder"]),
+    (["--video", "CLIP", "--save", "ENGINE/out.mp4"], ["--save", "lies inside the engine folder"]),
 ])
 def test_stream_mistakes_are_one_line_errors(tiny_engine, tmp_path, args, needles):
     clip = write_video(tmp_path / "clip.avi", "MJPG", (64, 48), 10, 3)
     before = clip.read_bytes()
-    args = [str(clip) if a == "CLIP" else str(tmp_path / a) if a.startswith("SAME") else a for a in args]
+    args = [str(clip) if a == "CLIP" else str(tmp_path / a) if a.startswith("SAME") else
+            a.replace("ENGINE", str(tiny_engine)) for a in args]
+    manifest = (tiny_engine / "manifest.json").read_bytes()
     if "--show" in args:
         from runtime.video.cli import check_display
 
@@ -243,6 +247,7 @@ def test_stream_mistakes_are_one_line_errors(tiny_engine, tmp_path, args, needle
     proc = run_cli(*stream_cli(tiny_engine, *args), timeout=60)
     assert_one_line_error(proc, *needles)
     assert clip.read_bytes() == before  # the input video is never written to
+    assert (tiny_engine / "manifest.json").read_bytes() == manifest and not (tiny_engine / "out.mp4").exists()
 
 
 def test_jsonl_to_a_closed_pipe_ends_quietly(tiny_engine, tmp_path):

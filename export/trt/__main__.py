@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from runtime.cli_output import error_line
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
                           timing_cache=args.timing_cache, low_memory=args.low_memory, opt_level=args.opt_level)
         manifest = build_plans(args.engine, cfg)
     except FlashVLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: {e.filename or args.engine}: {e.strerror or e}; check the engine folder's files and "

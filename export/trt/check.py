@@ -41,6 +41,7 @@ from runtime import trt_compat
 from runtime.api import vision_pixels
 from runtime.backend_select import plan_mismatch, rebuild_hint
 from runtime.chat import ChatTokenizer
+from runtime.cli_output import error_line
 from runtime.cli_parser import CliParser
 from runtime.embedding import TokenEmbedding
 from runtime.engine_check import check_graph_records
@@ -299,7 +300,7 @@ def main(argv=None, trt_runner_for: TrtRunnerFor | None = None) -> int:
         report = check(args.engine, manifest, image, args.prompt, onnx_runners(args.engine), trt_for, args.atol,
                        args.rtol)
     except FlashVLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     print(json.dumps(dict(asdict(report), passed=report.passed), indent=1) if args.json else table(report))
     return 0 if report.passed else 1

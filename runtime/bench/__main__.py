@@ -29,6 +29,7 @@ from pathlib import Path
 from runtime.bench import plot
 from runtime.bench.report import machine, markdown
 from runtime.bench.workload import Report, Workload, worker_args
+from runtime.cli_output import error_line
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.manifest import load_manifest
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
         engines = [{"engine": str(e), "reports": bench_engine(e, peers, work, args.cache, args.repeat)}
                    for e in args.engine]
     except (FlashVLError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     print(markdown(engines, work, args.repeat))
     print(f"\nbench: {time.perf_counter() - t0:.0f} s", file=sys.stderr)

@@ -17,6 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from runtime.cli_output import error_line
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
         for engine in args.engine:
             rows += bench_engine(engine, args.image, args.new_tokens, args.runs, args.threads, args.backend)
     except FlashVLError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     print(HEADER)
     for r in rows:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.cli_output import error_line
 from runtime.cli_parser import CliParser
 
 REPORT_VERSION = 1
@@ -180,7 +181,7 @@ def worker_main(prog: str, doc: str, measure, prepare=None, skip=None, argv=None
             return 0
         return emit(measure(args.engine, workload_of(args), args.cache))
     except (FlashVLError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
 
 

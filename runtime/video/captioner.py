@@ -53,9 +53,9 @@ class Cadence:
     overlap: bool | None = None  # prepare (and encode) frame N+1 while decoding N; None: the model's default
 
     def __post_init__(self):
-        check_number("interval", self.interval)
+        check_number("--interval", self.interval)  # named as the rest of Cadence's messages
         if self.min_change is not None:
-            check_number("min_change", self.min_change)
+            check_number("--min-change", self.min_change)
         if self.overlap is not None:
             check_bool("overlap", self.overlap)
         if not 0 <= self.interval < float("inf"):  # also refuses NaN

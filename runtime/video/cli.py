@@ -43,7 +43,8 @@ def source_from_args(args):
 
 
 def check_outputs_are_not_inputs(args) -> None:
-    """--save and --jsonl must not name the --video being read, nor each other: the run would destroy it."""
+    """--save and --jsonl must not name the --video being read, nor each other, nor lie in the engine folder:
+    the run would destroy what is there."""
     named = [(flag, path) for flag, path in (("--video", args.video), ("--save", args.save), ("--jsonl", args.jsonl))
              if path and path != "-"]
     for i, (flag_a, a) in enumerate(named):
@@ -56,6 +57,11 @@ def check_outputs_are_not_inputs(args) -> None:
             if same:
                 raise FlashVLError(f"{flag_a} and {flag_b} name the same file ({a}): writing it would destroy "
                                    f"what is there; give {flag_b} another path")
+    engine = os.path.realpath(args.engine)
+    for flag, path in named:
+        if flag != "--video" and os.path.commonpath([engine, os.path.realpath(path)]) == engine:
+            raise FlashVLError(f"{flag} {path} lies inside the engine folder {args.engine}, whose files are checked "
+                               f"by hash; write it somewhere else")
 
 
 def check_display() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.arguments import check_opencv_path
 from runtime.errors import FlashVLError
 
 SOURCE_KINDS = ("camera", "file", "url", "gst")
@@ -63,6 +64,8 @@ class VideoSource:
             raise SourceError(f"--{self.flag_name}: expected a non-empty {self.kind} string, got {self.target!r}")
         if self.loop and self.kind != "file":
             raise SourceError(f"--loop repeats a file (--video); --{self.flag_name} is a live source that never ends")
+        if self.kind != "camera":
+            check_opencv_path(f"--{self.flag_name}", self.target)  # OpenCV would crash on it
 
     @classmethod
     def camera(cls, index: int = 0) -> VideoSource:

@@ -36,6 +36,7 @@ import time
 import cv2
 import numpy as np
 
+from runtime.arguments import check_opencv_path
 from runtime.errors import FlashVLError
 from runtime.files import process_alive
 from runtime.video.overlay import draw_caption
@@ -109,7 +110,11 @@ class JsonlWriter:
         with self._lock:
             stream, self._stream = self._stream, None
         if stream is not None and self._owned:
-            stream.close()
+            try:
+                stream.close()  # flushes: a full disk (or /dev/full) shows here
+            except OSError as e:
+                raise FlashVLError(f"--jsonl {self.target}: cannot write ({e.strerror or e}); free some space or "
+                                   f"write somewhere else") from None
 
     def __enter__(self) -> JsonlWriter:
         return self
@@ -175,6 +180,7 @@ class VideoSaver:
                                f"{', '.join(CODECS)}; e.g. --save {os.path.splitext(self.path)[0]}.mp4")
         if isinstance(queue_frames, bool) or not isinstance(queue_frames, int) or queue_frames < 1:
             raise FlashVLError(f"--save: queue_frames must be an integer >= 1, got {queue_frames!r}")
+        check_opencv_path("--save", self.path)  # OpenCV's VideoWriter would crash on it
         folder = _check_folder("--save", self.path)
         try:
             fps = float(fps)
