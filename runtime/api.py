@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.arguments import check_bool, check_choice, check_int, check_text, check_threads, check_utf8_path
+from runtime.arguments import check_bool, check_choice, check_int, check_request, check_threads, check_utf8_path
 from runtime.backend import ORT_CPU, TRT_GPU, check_supported
 from runtime.backend_select import TENSORRT, BackendChoice, choose_backend
 from runtime.chat import ChatTokenizer
@@ -196,14 +196,8 @@ class FlashVL:
     def stream(self, image, prompt: str, *, max_new_tokens: int = 128, sampling: SamplingConfig | None = None,
                system: str | None = None, channels: str = "bgr", iss: bool = True) -> Generation:
         """Start a request; iterate the result for text pieces as they are decoded."""
-        check_int("max_new_tokens", max_new_tokens, 1)
-        check_text("prompt", prompt)
-        check_text("system", system, optional=True)
-        if sampling is not None and not isinstance(sampling, SamplingConfig):
-            raise FlashVLError(f"sampling must be a runtime.SamplingConfig or None, got {type(sampling).__name__}; "
-                               f"e.g. SamplingConfig(temperature=0.7, top_p=0.9, seed=1)")
+        check_request(prompt, max_new_tokens, sampling, system, iss)
         check_choice("channels", channels, CHANNEL_ORDERS)
-        check_bool("iss", iss)
         gen = Generation()
         gen._pieces = self._run(gen, image, prompt, max_new_tokens, sampling or SamplingConfig(), system, channels,
                                 iss)

@@ -13,6 +13,7 @@ import numbers
 import os
 
 from runtime.errors import FlashVLError
+from runtime.sampling import SamplingConfig
 
 
 def _shown(value) -> str:
@@ -67,6 +68,17 @@ def check_choice(name: str, value, choices: tuple) -> str:
     if not isinstance(value, str) or value not in choices:
         raise FlashVLError(f"{name} must be one of {list(choices)}, got {_shown(value)}")
     return value
+
+
+def check_request(prompt, max_new_tokens, sampling, system, iss) -> None:
+    """One request's settings, as FlashVL.stream() and a stream's PromptConfig take them."""
+    check_text("prompt", prompt)
+    check_int("max_new_tokens", max_new_tokens, 1)
+    if sampling is not None and not isinstance(sampling, SamplingConfig):
+        raise FlashVLError(f"sampling must be a runtime.SamplingConfig or None, got {type(sampling).__name__}; "
+                           f"e.g. SamplingConfig(temperature=0.7, top_p=0.9, seed=1)")
+    check_text("system", system, optional=True)
+    check_bool("iss", iss)
 
 
 def cpu_count() -> int:

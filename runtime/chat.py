@@ -183,7 +183,8 @@ class StreamDecoder:
 def _check_tokens(tok: Tokenizer, tokens: TokenSpec, vocab_size: int | None, path: Path):
     """Every id of the manifest's TokenSpec must be the tokenizer's id for that token."""
     names = ("im_start", "im_end", "image_start", "image_pad", "image_end", "eos")
-    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    special_ids = {i: t.content for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    special = set(special_ids.values())
     for name in names:
         text, want = getattr(tokens, name), getattr(tokens, f"{name}_id")
         got = tok.token_to_id(text)
@@ -204,7 +205,6 @@ def _check_tokens(tok: Tokenizer, tokens: TokenSpec, vocab_size: int | None, pat
         raise EngineError(
             f"{path}: {n_vocab} tokens, more than the decoder's vocab_size {vocab_size} in manifest.json; "
             f"the folder mixes files from two exports, re-export it")
-    special_ids = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
     outside = [i for i in tokens.stop_ids if i not in special_ids]
     if outside or not tokens.stop_ids:
         raise EngineError(

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 from pathlib import Path, PurePosixPath
-
 from typing import TYPE_CHECKING
 
 from runtime import graph_io as io
@@ -60,10 +59,10 @@ def _check_positive(m: Manifest) -> None:
         if spec is None:
             continue
         for f in dataclasses.fields(spec):
-            value = getattr(spec, f.name)
-            if f.type == "int" and value < 1 and (name, f.name) != ("tiling", "iss_margin"):
+            value = getattr(spec, f.name)  # by its type, not the field's: bools (tied_embeddings) are not sizes
+            if type(value) is int and value < 1 and (name, f.name) != ("tiling", "iss_margin"):
                 raise EngineError(f"{name}.{f.name} must be at least 1, got {value}")
-            if f.type == "float" and value <= 0:
+            if type(value) is float and value <= 0:
                 raise EngineError(f"{name}.{f.name} must be above 0, got {value}")
     if min(m.preprocess.std) <= 0:
         raise EngineError(f"preprocess.std must be above 0 in every channel, got {list(m.preprocess.std)}")

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.arguments import check_bool, check_int, check_text
-from runtime.errors import FlashVLError
+from runtime.arguments import check_request
 from runtime.sampling import SamplingConfig
 
 CAPTION_MAX_NEW_TOKENS = 48  # a caption, not an essay: keeps the cadence up on a CPU
@@ -34,12 +33,7 @@ class PromptConfig:
     iss: bool = True  # dynamic engines: ISS margin (False: plain dynamic cropping)
 
     def __post_init__(self):
-        check_text("prompt", self.prompt)
-        check_int("max_new_tokens", self.max_new_tokens, 1)
-        if self.sampling is not None and not isinstance(self.sampling, SamplingConfig):
-            raise FlashVLError(f"sampling must be a runtime.SamplingConfig or None, got {type(self.sampling).__name__}")
-        check_text("system", self.system, optional=True)
-        check_bool("iss", self.iss)
+        check_request(self.prompt, self.max_new_tokens, self.sampling, self.system, self.iss)
 
 
 class FlashVLModel:
