@@ -30,7 +30,7 @@ exit_unless_installed("export", "python -m export")  # before the imports that n
 from calib.calibrate import DEFAULT_IMAGES, METHODS, CalibConfig
 from calib.sources import count_images
 from export import progress
-from export.build import WeightSource, export_engine, with_max_seq_len
+from export.build import DEFAULT_MAX_BATCH, WeightSource, check_max_batch, export_engine, with_max_seq_len
 from export.precision import DECODER_PRECISIONS, plan_from_args
 from export.presets import PRESETS, get_preset
 from export.weights import CheckpointArgs
@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     w.add_argument("--llm", type=Path, help="Qwen2 folder (with tokenizer.json)")
     w.add_argument("--adapter", type=Path, help="adapter safetensors file")
     ap.add_argument("--max-seq-len", type=int, help="context window to build for (default: the preset's)")
+    ap.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                    help=f"sequences one decoder call may carry, recorded in the manifest (default "
+                         f"{DEFAULT_MAX_BATCH}; the runtime batches concurrent requests up to it)")
     q = ap.add_argument_group("precision")
     q.add_argument("--precision", choices=DECODER_PRECISIONS, help="both graphs (default fp32)")
     q.add_argument("--vision-precision", choices=DECODER_PRECISIONS, help="fp32, fp16 or int8 (calibrated)")
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
         progress.say(f"precision: {plan.describe()}")
         preset = with_max_seq_len(get_preset(args.preset), args.max_seq_len)
         with stopping_on_signals():  # SIGTERM/SIGHUP, like Ctrl-C, remove the half-built folder on the way out
-            manifest = export_engine(preset, source, args.out, plan)
+            manifest = export_engine(preset, source, args.out, plan, check_max_batch(args.max_batch))
     except KeyboardInterrupt as e:
         print(f"{describe(e)}: {args.out} is as it was before the export", file=sys.stderr)
         return exit_code(e)

@@ -29,11 +29,13 @@ from export.tokenizer import build_chatml_tokenizer, token_spec_from_tokenizer
 from export.weights import CheckpointArgs, CheckpointError, load_checkpoint, random_weights
 from runtime.engine_check import RECORD_KEY, model_record
 from runtime.files import file_entry
-from runtime.manifest import SCHEMA_VERSION, GraphsSpec, Manifest, SourceSpec, save_manifest
+from runtime.errors import EngineError
+from runtime.manifest import MAX_BATCH, SCHEMA_VERSION, GraphsSpec, Manifest, SourceSpec, save_manifest
 
 EXPORTER_VERSION = "0.1.0"
 TOKENIZER_FILE = "tokenizer.json"
 EMBEDDINGS_FILE = "embed_tokens.npy"
+DEFAULT_MAX_BATCH = 8  # decoder cache slots the runtime opens by default (FlashVL.load(max_batch=...) lowers it)
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ def build_model(preset: Preset, source: WeightSource, tokenizer: tokenizers.Toke
     return model, tokens, spec
 
 
-def export_engine(preset: Preset, source: WeightSource, out: Path, plan: PrecisionPlan = PrecisionPlan()) -> Manifest:
+def export_engine(preset: Preset, source: WeightSource, out: Path, plan: PrecisionPlan = PrecisionPlan(),
+                  max_batch: int = DEFAULT_MAX_BATCH) -> Manifest:
     """Write the engine folder `out` whole, replacing an engine folder there only once the new one is
     complete and verified; on any failure or kill `out` is left as it was (export.atomic)."""
     for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):
@@ -94,11 +97,12 @@ def export_engine(preset: Preset, source: WeightSource, out: Path, plan: Precisi
     if plan.vision == "int8":
         inputs["--calib-images"] = Path(plan.calib.images)
     with building(Path(out), inputs) as work:
-        manifest = write_engine(preset, source, work, plan)
+        manifest = write_engine(preset, source, work, plan, max_batch)
     return manifest
 
 
-def write_engine(preset: Preset, source: WeightSource, out: Path, plan: PrecisionPlan) -> Manifest:
+def write_engine(preset: Preset, source: WeightSource, out: Path, plan: PrecisionPlan,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> Manifest:
     """Fill the empty folder `out`, manifest.json last."""
     tokenizer = load_tokenizer(preset, source)
     model, tokens, source_spec = build_model(preset, source, tokenizer)
@@ -119,6 +123,7 @@ def write_engine(preset: Preset, source: WeightSource, out: Path, plan: Precisio
     if plan.decoder != "fp32":
         with progress.step(f"decoder.onnx -> {plan.describe().split('decoder ')[1]}"):
             decoder = reduce_decoder(out / "decoder.onnx", plan, preset.decoder.n_layers)
+    decoder = replace(decoder, max_batch=max_batch)  # both flavours carry ragged batches (runtime.engine)
     if plan.vision == "fp16":
         with progress.step("vision.onnx -> fp16"):
             vision = reduce_vision_fp16(out / "vision.onnx")
@@ -140,6 +145,13 @@ def write_engine(preset: Preset, source: WeightSource, out: Path, plan: Precisio
         manifest = calibrate_into(out, manifest, plan.calib)
     save_manifest(out, manifest)  # written last, once: its presence means complete
     return manifest
+
+
+def check_max_batch(max_batch) -> int:
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_BATCH:
+        raise EngineError(f"--max-batch must be an integer in 1..{MAX_BATCH} (sequences one decoder call carries), "
+                          f"got {max_batch!r}")
+    return max_batch
 
 
 def with_max_seq_len(preset: Preset, max_seq_len: int | None) -> Preset:

@@ -9,8 +9,10 @@
     new_key.i / new_value.i [S,B,Hkv,hd]: K (after RoPE) and V of the S positions added.
 
 The KV cache belongs to the runtime, seq-major (see runtime.graph_io): the graph reads
-rows 0..P-1 and returns only the S new rows.  The causal mask comes from the shapes
-(key j is visible to query i iff j <= P + i), so no mask tensor crosses the boundary.
+rows 0..P-1 and returns only the S new rows.  A batch may carry sequences of different lengths
+(runtime.engine batches them): each sits at its own position, position_ids[b, 0], which is also how
+many of the P past rows are its own; the mask follows from that (`ragged_causal_mask`), so no mask
+tensor crosses the boundary.
 Parameter names follow transformers' `Qwen2Model`.  The embedding lookup is not in the
 graph (see runtime.graph_io for why); with tied embeddings the logits reuse
 `embed_tokens.weight`, the graph's only [V,D] table.
@@ -50,6 +52,24 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)  # [B, S, H, hd]
     return x * cos + rotated * sin
+
+
+def ragged_causal_mask(position_ids: torch.Tensor, past: int) -> torch.Tensor:
+    """Which keys each query sees, for a batch whose sequences sit at their own positions.
+
+    Sequence b's cached length is position_ids[b, 0] (its first new position): of the past block's `past`
+    rows it sees rows 0..position_ids[b,0]-1 (rows beyond are another sequence's longer past, or nothing);
+    of the S new rows, query i sees rows 0..i (causal).  With one sequence at pos = past this is the plain
+    causal mask.  Built from the inputs' values in default-domain ops (TensorRT parses it).
+    """
+    s = position_ids.shape[1]
+    start = position_ids[:, :1]  # [B, 1]: each sequence's cached length
+    k_past = torch.arange(past, dtype=torch.int64)  # [P]
+    past_ok = k_past[None, None, :] < start[:, :, None]  # [B, 1, P]
+    past_ok = past_ok.expand(-1, s, -1)  # [B, S, P]
+    q = torch.arange(s, dtype=torch.int64)  # [S]
+    new_ok = (q[None, :] <= q[:, None])[None].expand(position_ids.shape[0], -1, -1)  # [B, S, S]
+    return torch.cat((past_ok, new_ok), dim=-1)[:, None, None]  # [B, 1, 1, S, T], T = P + S
 
 
 class Attention(nn.Module):
@@ -126,9 +146,7 @@ class Decoder(nn.Module):
         x = inputs_embeds  # [B, S, D]
         s, p = x.shape[1], past[0].shape[0]
         cos, sin = rope_cos_sin(position_ids, self.spec.head_dim, self.spec.rope_theta)  # [B, S, 1, hd]
-        q_pos = torch.arange(s, dtype=torch.int64) + p  # [S]
-        k_pos = torch.arange(p + s, dtype=torch.int64)  # [T]
-        mask = k_pos[None, :] <= q_pos[:, None]  # [S, T]
+        mask = ragged_causal_mask(position_ids, p)  # [B, 1, 1, S, T]
 
         new_kv = []
         for i, layer in enumerate(self.layers):

@@ -10,15 +10,22 @@
 An image is a path, encoded bytes (PNG/JPEG/...), a NumPy array (H x W x 3 BGR by
 default, as OpenCV cameras give; `channels="rgb"` for RGB; gray, BGRA/RGBA and 16-bit
 work), an EncodedImage (prepare_image + encode_prepared, done ahead), or None for a
-text-only prompt.  A FlashVL object serves one request at a time; `captions()` runs the
-camera/video loop (runtime.video).
+text-only prompt.  `captions()` runs the camera/video loop (runtime.video).
+
+One FlashVL serves any number of threads at once: every request becomes a sequence of its engine
+loop (runtime.engine), which batches the sequences in flight into each decoder step (continuous
+batching, up to `max_batch`; more wait in a queue of `max_queue`, and past that a request raises
+QueueFull).  Images of concurrent requests share vision calls.  Each FlashVL has its own loop.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -31,20 +38,26 @@ from runtime.backend_select import TENSORRT, BackendChoice, choose_backend
 from runtime.chat import ChatTokenizer
 from runtime.embedding import TokenEmbedding
 from runtime.engine_check import check_graph_records
-from runtime.errors import FlashVLError
+from runtime.errors import Cancelled, FlashVLError
 from runtime.files import verify_files
-from runtime.generate import LoopState, Timings, check_prompt_fits, decode_loop
+from runtime.engine import Done, Engine, Sequence, VisionBatcher
+from runtime.generate import Timings, check_prompt_fits
 from runtime.image import CHANNEL_ORDERS, DEFAULT_MAX_PIXELS, load_image
 from runtime.image_header import MAX_PIXELS_CEILING
-from runtime.manifest import Manifest, load_manifest
+from runtime.manifest import MAX_BATCH, Manifest, load_manifest
 from runtime.ort_backend import OrtDecoder, OrtVision
 from runtime.preprocess import preprocess
 from runtime.sampling import Sampler, SamplingConfig
 from runtime.tiling import TileLayout, gather_tokens, plan, tile_pixels
-from runtime.video.captioner import Cadence, CaptionStream, open_stream
-from runtime.video.model import FlashVLModel, PromptConfig
+from runtime.video.captioner import Cadence, CaptionStream
+from runtime.video.model import PromptConfig
+from runtime.video.streams import CaptionStreams, open_captions
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_QUEUE = 64  # requests that may wait for a cache slot; more raise QueueFull
+MAX_QUEUE = 1 << 16
+DEFAULT_PREFILL_CHUNK = 64  # prompt rows per call while others decode (docs/performance.md: measured)
 
 
 @dataclass(frozen=True)
@@ -82,18 +95,59 @@ class EncodedImage:
     vision_ms: float
 
 
-class Generation:
-    """An iterator of text pieces; `.result` is set once it is exhausted."""
+class _RequestState:
+    """What a request's generator and its Generation share (the generator holds this, not the Generation, so
+    dropping an unfinished Generation frees the generator at once and its `finally` cancels the request)."""
 
     def __init__(self):
-        self._pieces: Iterator[str] = iter(())
         self.result: Result | None = None
+        self.cancelled = False
+        self.cancel_fn = None  # set once the request is on its way to the engine
+
+
+class Generation:
+    """An iterator of text pieces; `.result` is set once it is exhausted.  `cancel()` (any thread) ends the
+    request at the engine's next step: the iterator then raises runtime.errors.Cancelled.  Dropping an
+    unfinished Generation (or closing it) cancels it too.  One thread reads a Generation at a time."""
+
+    def __init__(self, state: _RequestState, pieces: Iterator[str]):
+        self._state, self._pieces = state, pieces
+        self._reading = threading.Lock()
+
+    @property
+    def result(self) -> Result | None:
+        return self._state.result
+
+    @property
+    def cancelled(self) -> bool:
+        return self._state.cancelled
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        return next(self._pieces)
+        if not self._reading.acquire(blocking=False):
+            raise FlashVLError("this Generation is being read by another thread; read each stream() from one "
+                               "thread (start one stream() per thread)")
+        try:
+            return next(self._pieces)
+        finally:
+            self._reading.release()
+
+    def cancel(self) -> None:
+        self._state.cancelled = True  # before the first piece: the request never starts
+        if self._state.cancel_fn is not None:
+            self._state.cancel_fn()
+
+    def close(self) -> None:
+        """Stop reading: cancel the request if it is still running (a reader on another thread then sees
+        Cancelled)."""
+        self.cancel()
+        if self._reading.acquire(blocking=False):
+            try:
+                self._pieces.close()
+            finally:
+                self._reading.release()
 
 
 def vision_pixels(rgb: np.ndarray, manifest: Manifest, iss: bool = True) -> tuple[np.ndarray, TileLayout | None]:
@@ -107,7 +161,9 @@ def vision_pixels(rgb: np.ndarray, manifest: Manifest, iss: bool = True) -> tupl
 class FlashVL:
     def __init__(self, engine_dir: Path, manifest: Manifest, vision, decoder, embed: TokenEmbedding,
                  tokenizer: ChatTokenizer, backend: BackendChoice, owner=None,
-                 max_image_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: bool = True):
+                 max_image_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: bool = True,
+                 max_batch: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK, vision_batch: int | None = None):
         self.max_image_pixels = max_image_pixels  # images above it are refused before decoding
         self.exif_orientation = exif_orientation  # files and bytes are turned upright as their EXIF says
         self.engine_dir = engine_dir
@@ -118,9 +174,23 @@ class FlashVL:
         self.tokenizer = tokenizer
         self.backend = backend  # which backend runs the graphs, and why
         self._owner = owner  # what holds device memory (TensorRT), released by close()
+        self.max_batch = min(max_batch or decoder.max_batch, decoder.max_batch)
+        self.engine = Engine(decoder, embed, self.max_batch, max_queue, prefill_chunk,
+                             owner.cuda.enter_thread if owner is not None else None,
+                             owner.cuda.leave_thread if owner is not None else None)
+        # images per vision call: every concurrent one on TensorRT (its vision runs on the engine thread,
+        # between decode steps); one on a CPU, where a batch of images is no faster (docs/performance.md)
+        on_gpu = backend.name == TENSORRT
+        self.vision_batcher = VisionBatcher(_OnEngineThread(self.engine, vision) if on_gpu else vision,
+                                            vision_batch or (self.max_batch if on_gpu else 1))
+        self._finalizer = weakref.finalize(self, self.engine.close)  # a dropped FlashVL stops its loop
 
     def close(self) -> None:
-        """Release device memory now (TensorRT); the ONNX Runtime backend needs no closing."""
+        """Stop the engine loop (requests in flight end with Cancelled) and release device memory (TensorRT)."""
+        self._finalizer()
+        if self.engine.alive:  # a call that would not stop: its device memory must outlive it
+            log.warning("the engine loop did not stop within its timeout; leaving its device memory allocated")
+            return
         if self._owner is not None:
             self._owner.close()
             self._owner = None
@@ -134,7 +204,9 @@ class FlashVL:
     @classmethod
     def load(cls, engine_dir: str | Path, threads: int | None = None, max_seq_len: int | None = None,
              backend: str = "auto", cuda_graphs: bool = True, spinning: bool = True,
-             max_image_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: bool = True) -> FlashVL:
+             max_image_pixels: int = DEFAULT_MAX_PIXELS, exif_orientation: bool = True,
+             max_batch: int | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+             prefill_chunk: int = DEFAULT_PREFILL_CHUNK, vision_batch: int | None = None) -> FlashVL:
         """Open an engine folder; raise FlashVLError (one line, with the fix) if anything is off.
 
         backend: "auto" (TensorRT when the folder's plans fit this machine, else ONNX Runtime),
@@ -143,6 +215,10 @@ class FlashVL:
         captions() over a camera, where a capture thread shares the cores.
         max_image_pixels: images (and frames) of more pixels (width x height) are refused, from the file's
         header before decoding; exif_orientation=False keeps files' pixels as stored (docs/python-api.md).
+        max_batch: sequences decoded together (default: what the folder's decoder records, 8 for new exports,
+        1 for folders exported before batching); max_queue: requests that may wait beyond them (more raise
+        QueueFull); prefill_chunk: prompt rows written per call while other sequences decode (0: whole
+        prompts); vision_batch: images per vision call (default: 1 on a CPU, max_batch on TensorRT).
         """
         if not isinstance(engine_dir, (str, os.PathLike)):
             raise FlashVLError(f"engine_dir must be a path (str or pathlib.Path), got {type(engine_dir).__name__}")
@@ -150,6 +226,12 @@ class FlashVL:
         check_int("max_image_pixels", max_image_pixels, 1, MAX_PIXELS_CEILING,
                   "the ceiling is OpenCV's own decode limit")
         check_bool("exif_orientation", exif_orientation)
+        if max_batch is not None:
+            check_int("max_batch", max_batch, 1, MAX_BATCH, "sequences decoded together")
+        check_int("max_queue", max_queue, 0, MAX_QUEUE, "requests waiting beyond max_batch")
+        check_int("prefill_chunk", prefill_chunk, 0, 1 << 20, "0 writes each prompt in one call")
+        if vision_batch is not None:
+            check_int("vision_batch", vision_batch, 1, MAX_BATCH, "images per vision call")
         for name, flag in (("cuda_graphs", cuda_graphs), ("spinning", spinning)):
             check_bool(name, flag)
         check_utf8_path("engine folder", engine_dir, "ONNX Runtime and tokenizers")
@@ -159,6 +241,11 @@ class FlashVL:
             check_int("max_seq_len", max_seq_len, 2, manifest.decoder.max_seq_len,
                       f"{engine_dir} was exported for a context window of {manifest.decoder.max_seq_len}; re-export "
                       f"with --max-seq-len for a larger one")
+        exported = manifest.graphs.decoder.max_batch
+        if max_batch is not None and max_batch > exported:
+            raise FlashVLError(f"max_batch {max_batch} is above {exported}, the sequences {engine_dir}'s decoder was "
+                               f"exported to carry per call; ask for at most {exported}, or re-export with "
+                               f"`python -m export ... --max-batch {max_batch}`")
         choice, cuda = choose_backend(backend, engine_dir, manifest)
         log.info("%s", choice.line())
         g = manifest.graphs
@@ -175,11 +262,11 @@ class FlashVL:
             if choice.name == TENSORRT:
                 from runtime.trt_backend import TrtEngines
 
-                owner = TrtEngines(engine_dir, manifest, cuda, max_seq_len, cuda_graphs)
+                owner = TrtEngines(engine_dir, manifest, cuda, max_seq_len, cuda_graphs, max_batch)
                 vision, decoder = owner.vision, owner.decoder
             else:
                 vision = OrtVision(engine_dir / g.vision.file, g.vision, threads, spinning)
-                decoder = OrtDecoder(engine_dir / g.decoder.file, g.decoder, manifest.decoder, threads, max_seq_len,
+                decoder = OrtDecoder(engine_dir / g.decoder.file, g.decoder, manifest.decoder, threads, max_seq_len, max_batch,
                                      spinning=spinning)
         except BaseException:
             held = owner or cuda  # device memory taken before the failure
@@ -189,7 +276,7 @@ class FlashVL:
         embed = TokenEmbedding(engine_dir / manifest.embeddings.file, manifest.embeddings, manifest.tokens.image_pad_id)
         log.info("loaded %s (%s) from %s", manifest.model, manifest.preset, engine_dir)
         return cls(engine_dir, manifest, vision, decoder, embed, tokenizer, choice, owner, int(max_image_pixels),
-                   exif_orientation)
+                   exif_orientation, max_batch, max_queue, prefill_chunk, vision_batch)
 
     # ------------------------------------------------------------------ requests
 
@@ -198,10 +285,9 @@ class FlashVL:
         """Start a request; iterate the result for text pieces as they are decoded."""
         check_request(prompt, max_new_tokens, sampling, system, iss)
         check_choice("channels", channels, CHANNEL_ORDERS)
-        gen = Generation()
-        gen._pieces = self._run(gen, image, prompt, max_new_tokens, sampling or SamplingConfig(), system, channels,
-                                iss)
-        return gen
+        state = _RequestState()
+        return Generation(state, self._run(state, image, prompt, max_new_tokens, sampling or SamplingConfig(), system,
+                                           channels, iss))
 
     def generate(self, image, prompt: str, **kwargs) -> Result:
         gen = self.stream(image, prompt, **kwargs)
@@ -221,7 +307,7 @@ class FlashVL:
     def encode_prepared(self, prepared: PreparedImage) -> EncodedImage:
         """The vision graph over prepared pixels -> embeddings `stream()` accepts in place of an image."""
         t0 = time.perf_counter()
-        embeds = self.vision.encode(prepared.pixels)  # [tiles, n*n, dim]
+        embeds = self.vision_batcher.encode(prepared.pixels)  # [tiles, n*n, dim], in one call with concurrent ones
         if prepared.layout is not None:
             embeds = gather_tokens(embeds, prepared.layout)[None]  # [1, image_tokens, dim]
         return EncodedImage(embeds, prepared.layout, prepared.preprocess_ms, (time.perf_counter() - t0) * 1e3)
@@ -243,7 +329,7 @@ class FlashVL:
     # ------------------------------------------------------------------ video
 
     def captions(self, source, prompt: PromptConfig | str = "Describe the image.", cadence: Cadence | None = None,
-                 *, realtime: bool = True, pieces: bool = False, on_frame=None) -> CaptionStream:
+                 *, realtime: bool = True, pieces: bool = False, on_frame=None) -> CaptionStream | CaptionStreams:
         """Caption a video source continuously; iterate the result for CaptionEvents.
 
             with vl.captions(VideoSource.camera(0), "What is happening?", Cadence(interval=2)) as events:
@@ -254,20 +340,11 @@ class FlashVL:
         iterable of BGR arrays (or (array, seconds) pairs).  The newest frame is captioned; frames that
         arrive meanwhile are dropped and counted (`realtime=False`: files and iterables give every frame
         in order instead).  See runtime.video.captioner for the cadence, the change gate and the overlap.
+        source may also be a dict {name: source} or a list of sources: all are captioned at once through this
+        FlashVL (its engine batches their captions) and one CaptionStreams yields their events, `ev.stream`
+        naming each.  Several captions() on one FlashVL at once work too.
         """
-        if isinstance(prompt, str):
-            prompt = PromptConfig(prompt)
-        if not isinstance(prompt, PromptConfig):
-            raise FlashVLError(f"prompt must be a string or a runtime.video.PromptConfig, got {type(prompt).__name__}")
-        if cadence is not None and not isinstance(cadence, Cadence):
-            raise FlashVLError(f"cadence must be a runtime.video.Cadence or None, got {type(cadence).__name__}; e.g. "
-                               f"Cadence(interval=2)")
-        check_bool("realtime", realtime)
-        check_bool("pieces", pieces)
-        if on_frame is not None and not callable(on_frame):
-            raise FlashVLError(f"on_frame must be a function of one frame or None, got {type(on_frame).__name__}")
-        return open_stream(FlashVLModel(self, prompt), source, cadence or Cadence(), realtime=realtime,
-                           pieces=pieces, on_frame=on_frame)
+        return open_captions(self, source, prompt, cadence, realtime=realtime, pieces=pieces, on_frame=on_frame)
 
     # ------------------------------------------------------------------ threads
 
@@ -294,44 +371,80 @@ class FlashVL:
             self._owner.cuda.leave_thread()
 
     def cancel(self) -> None:
-        """Stop the graph call in flight from another thread (ONNX Runtime stops between nodes; a
-        TensorRT call is milliseconds and finishes); the interrupted request raises runtime.errors.Cancelled.
-        Every later call is cancelled too until resume()."""
-        for engine in (self.vision, self.decoder):
-            if hasattr(engine, "cancel"):
-                engine.cancel()
+        """From any thread: end every request in flight or queued (each raises runtime.errors.Cancelled; a
+        graph call in flight stops between nodes on ONNX Runtime, a TensorRT call is milliseconds and
+        finishes), and refuse new ones as cancelled until resume().  To end one request, cancel its
+        Generation instead."""
+        self.engine.cancel_all()
+        if hasattr(self.vision, "cancel"):
+            self.vision.cancel()
 
     def resume(self) -> None:
-        for engine in (self.vision, self.decoder):
-            if hasattr(engine, "resume"):
-                engine.resume()
+        if hasattr(self.vision, "resume"):
+            self.vision.resume()
+        self.engine.resume()
 
-    def _run(self, gen: Generation, image, prompt, max_new_tokens, sampling, system, channels, iss) -> Iterator[str]:
-        state = LoopState(timings=Timings(), t_start=time.perf_counter())
+    def _run(self, state: _RequestState, image, prompt, max_new_tokens, sampling, system, channels,
+             iss) -> Iterator[str]:
+        timings, t_start = Timings(), time.perf_counter()
         embeds, layout = None, None
         if image is not None:
             enc = self._encoded(image, channels, iss)
             embeds, layout = enc.embeds, enc.layout
-            state.timings.preprocess_ms, state.timings.vision_ms = enc.preprocess_ms, enc.vision_ms
+            timings.preprocess_ms, timings.vision_ms = enc.preprocess_ms, enc.vision_ms
         image_tokens = 0 if embeds is None else embeds.shape[1]
         ids = self.tokenizer.encode_prompt(prompt, image_tokens=image_tokens, system=system)  # [P]
         check_prompt_fits(len(ids), image_tokens, self.decoder.max_seq_len)
         stops = self.manifest.tokens.stop_ids
+        seq = Sequence(ids, self.embed.prompt(ids, embeds)[0], Sampler(sampling), max_new_tokens, stops,
+                       self.decoder.max_seq_len, timings, t_start)  # prompt rows [P, D]
+        engine = self.engine
+        state.cancel_fn = lambda: engine.cancel(seq)
+        if state.cancelled:
+            raise Cancelled("cancelled")
+        engine.submit(seq)  # QueueFull when too many wait
         text = self.tokenizer.stream_decoder()
-        pieces = []
-        for token in decode_loop(self.decoder, self.embed, ids, embeds, Sampler(sampling), max_new_tokens, stops,
-                                 state):
-            if token in stops:
-                continue
-            piece = text.push(token)
-            if piece:
-                pieces.append(piece)
-                yield piece
+        pieces, tokens = [], []
+        try:
+            while True:
+                item = _next_item(seq.out)
+                if isinstance(item, Done):
+                    if item.error is not None:
+                        raise item.error
+                    break
+                tokens.append(item)
+                if item in stops:
+                    continue
+                piece = text.push(item)
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+        finally:
+            engine.cancel(seq)  # a no-op once it finished; else the reader stopped early (or Ctrl-C)
         tail = text.flush()
         if tail:
             pieces.append(tail)
             yield tail
-        out = [t for t in state.tokens if t not in stops]
-        gen.result = Result(text="".join(pieces), token_ids=out, prompt_tokens=len(ids), image_tokens=image_tokens,
-                            finish_reason=state.finish_reason, timings=state.timings,
-                            tiling=None if layout is None else layout.as_dict())
+        out = [t for t in tokens if t not in stops]
+        state.result = Result(text="".join(pieces), token_ids=out, prompt_tokens=len(ids),
+                              image_tokens=image_tokens, finish_reason=seq.finish_reason, timings=timings,
+                              tiling=None if layout is None else layout.as_dict())
+
+
+def _next_item(out: queue.SimpleQueue):
+    """The next token id or Done; waits in short slices so that Ctrl-C reaches a waiting main thread."""
+    while True:
+        try:
+            return out.get(timeout=0.2)
+        except queue.Empty:
+            continue
+
+
+class _OnEngineThread:
+    """A vision engine whose calls run on the engine loop's thread (TensorRT: one CUDA stream for both)."""
+
+    def __init__(self, engine: Engine, vision):
+        self.engine, self.vision = engine, vision
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        return self.engine.call_between_steps(lambda: self.vision.encode(pixels))

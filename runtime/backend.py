@@ -1,10 +1,24 @@
-"""The small interface every backend implements; the decode loop knows nothing else.
+"""The small interface every backend implements; the scheduler (runtime.engine) knows nothing else.
 
 VisionEngine.encode(pixels [B,3,H,W] f32) -> image_embeds [B,image_tokens,dim] f32
-DecoderEngine.forward(inputs_embeds [1,S,dim] f32, pos) -> logits [1,vocab] f32
-    Runs positions pos..pos+S-1 against cache rows 0..pos-1, writes their K/V into rows
-    pos..pos+S-1 of the engine's own cache (allocated once at max_seq_len), and returns the
-    last position's logits.  The returned array may be reused by the next call.
+
+DecoderEngine: a KV cache of `max_batch` slots, each a sequence's rows 0..max_seq_len-1, owned by the
+engine (allocated at load, grown as needed).  A slot holds no identity: the caller says which slot a
+call reads and writes, and what each slot's cached length is.
+    prefill(slot, inputs_embeds [1,S,dim] f32, pos) -> logits [1,vocab] f32
+        Positions pos..pos+S-1 of one slot (a whole prompt, a chunk of one, or S=1), against that slot's
+        rows 0..pos-1; writes their K/V into its rows pos..pos+S-1.
+    decode(inputs_embeds [n,1,dim] f32, positions [n] int64) -> logits [n,vocab] f32
+        One token for each of slots 0..n-1 (n <= max_batch), slot i at its own position positions[i],
+        against its rows 0..positions[i]-1; writes row positions[i] of slot i.  A slot with no sequence
+        in it still takes part (zeros in, its filled length as its position; its logits are ignored): it
+        must not lose its rows, since a chunked prefill may be under way there.
+    forward(inputs_embeds [1,S,dim], pos) -> logits [1,vocab]: prefill(0, ...), the one-sequence path.
+    cancel() / resume() (optional): from another thread, make the call in flight (and every later one) raise
+        runtime.errors.Cancelled until resume(); the engine uses them to stop a call whose sequences were all
+        cancelled.  A backend without them finishes its calls (TensorRT's are milliseconds).
+The returned array may be reused by the next call.  Every sequence of a batch gets the logits it would get
+alone (the batched parity tests hold every backend to it).
 
 ONNX Runtime implements it in `runtime.ort_backend`, TensorRT in `runtime.trt_backend`;
 `runtime.backend_select` picks one.
@@ -27,10 +41,15 @@ class VisionEngine(Protocol):
 
 class DecoderEngine(Protocol):
     max_seq_len: int
+    max_batch: int  # slots: sequences one decode() call may carry (1 for graphs exported before schema 5)
 
     # The time spent inside the engine's own calls (ONNX Runtime's run, TensorRT's launch + synchronize),
-    # summed over forward() calls; the benchmark's host overhead is the rest of a step.
+    # summed over calls; the benchmark's host overhead is the rest of a step.
     engine_seconds: float
+
+    def prefill(self, slot: int, inputs_embeds: np.ndarray, pos: int) -> np.ndarray: ...
+
+    def decode(self, inputs_embeds: np.ndarray, positions: np.ndarray) -> np.ndarray: ...
 
     def forward(self, inputs_embeds: np.ndarray, pos: int) -> np.ndarray: ...
 

@@ -8,6 +8,9 @@ async copies and CUDA graphs, over whichever Python CUDA binding is installed.
     Cuda.pinned(shape, dtype)      -> np.ndarray    page-locked, writable, freed by Cuda.close()
     Cuda.new_stream()              -> Stream        (.handle = cudaStream_t as int, for execute_async_v3)
     Cuda.h2d / d2h / d2d / memset  async on a stream; host arrays are C-contiguous NumPy arrays
+    Cuda.d2d_2d(dst, dst_pitch, src, src_pitch, width_bytes, height, stream)
+                                   one strided device copy: `height` pieces of `width_bytes`, each side
+                                   advancing by its own pitch (cudaMemcpy2DAsync), capturable in a graph
     Cuda.begin_capture / end_capture(stream) -> CudaGraph (.launch(stream)), when Cuda.supports_graphs
     Cuda.enter_thread() / leave_thread()  make this device current on another thread (the camera
                                    loop's model thread) and undo it before that thread ends
@@ -53,6 +56,8 @@ _HINTS = {
     "cudaErrorMemoryAllocation": "the GPU is out of memory: free other GPU processes (nvidia-smi) or lower "
                                  "max_seq_len / batch",
     "cudaErrorInvalidValue": "an argument is out of range: check pointers, sizes and that the stream is this Cuda's",
+    "cudaErrorInvalidPitchValue": "a 2-D copy's pitch is below its width or above the device's "
+                                  "cudaDevAttrMaxPitch",
     "cudaErrorStreamCaptureUnsupported": _CAPTURE_HINT,
     "cudaErrorStreamCaptureInvalidated": _CAPTURE_HINT,
     "cudaErrorIllegalAddress": "a kernel or copy touched a bad device address; the context is lost, restart",
@@ -167,6 +172,13 @@ class Cuda:
         assert nbytes >= 0, nbytes
         self._d2d(dst_ptr, src_ptr, nbytes, stream)
 
+    def d2d_2d(self, dst_ptr: int, dst_pitch: int, src_ptr: int, src_pitch: int, width_bytes: int, height: int,
+               stream: Stream) -> None:
+        """Piece r (r < height) of width_bytes: src_ptr + r * src_pitch -> dst_ptr + r * dst_pitch; no overlap."""
+        assert width_bytes >= 0 and height >= 0, (width_bytes, height)
+        assert dst_pitch >= width_bytes and src_pitch >= width_bytes, (dst_pitch, src_pitch, width_bytes)  # as CUDA's
+        self._d2d_2d(dst_ptr, dst_pitch, src_ptr, src_pitch, width_bytes, height, stream)
+
     def memset(self, dst_ptr: int, value: int, nbytes: int, stream: Stream) -> None:
         assert 0 <= value < 256 and nbytes >= 0, (value, nbytes)  # a byte value, as cudaMemset takes it
         self._memset(dst_ptr, value, nbytes, stream)
@@ -255,6 +267,11 @@ class _CudaPython(Cuda):
 
     def _d2d(self, dst_ptr, src_ptr, nbytes, stream):
         self._copy(dst_ptr, src_ptr, nbytes, "cudaMemcpyDeviceToDevice", stream)
+
+    def _d2d_2d(self, dst_ptr, dst_pitch, src_ptr, src_pitch, width_bytes, height, stream):
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        self._check("cudaMemcpy2DAsync", self.rt.cudaMemcpy2DAsync(dst_ptr, dst_pitch, src_ptr, src_pitch, width_bytes,
+                                                                   height, kind, stream.obj))
 
     def _memset(self, dst_ptr, value, nbytes, stream):
         self._check("cudaMemsetAsync", self.rt.cudaMemsetAsync(dst_ptr, value, nbytes, stream.obj))
@@ -367,6 +384,13 @@ class _PyCuda(Cuda):
 
     def _d2d(self, dst_ptr, src_ptr, nbytes, stream):
         self._call(self.drv.memcpy_dtod_async, dst_ptr, src_ptr, nbytes, stream.obj)
+
+    def _d2d_2d(self, dst_ptr, dst_pitch, src_ptr, src_pitch, width_bytes, height, stream):
+        copy = self.drv.Memcpy2D()
+        copy.set_src_device(src_ptr)
+        copy.set_dst_device(dst_ptr)
+        copy.src_pitch, copy.dst_pitch, copy.width_in_bytes, copy.height = src_pitch, dst_pitch, width_bytes, height
+        self._call(copy, stream.obj)  # called with a stream: cuMemcpy2DAsync on it
 
     def _memset(self, dst_ptr, value, nbytes, stream):
         self._call(self.drv.memset_d8_async, dst_ptr, value, nbytes, stream.obj)

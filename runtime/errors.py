@@ -25,3 +25,7 @@ class PromptError(FlashVLError):
 
 class Cancelled(Exception):
     """A graph call was stopped from another thread (`cancel()`); not a user mistake, never shown as one."""
+
+
+class QueueFull(FlashVLError):
+    """More requests wait than the engine's queue holds (FlashVL.load(max_queue=...)); retry later."""

@@ -1,4 +1,8 @@
-"""The KV-cached decode loop: prefill once, then one token per step.
+"""One sequence's KV-cached decode loop, and the timings every request reports.
+
+FlashVL serves requests through runtime.engine (many sequences per decoder step); this loop is the same
+work for one sequence on slot 0, top to bottom, which the single-request benchmark (runtime.bench.ours)
+times as the baseline the engine's batched steps are compared with.
 
     prompt_ids [P] + image_embeds [1,N,D] --embed--> [1,P,D]
       -> decoder.forward(all P rows, pos=0)              prefill: cache rows 0..P-1, logits
@@ -26,11 +30,13 @@ from runtime.sampling import Sampler
 class Timings:
     """Milliseconds; filled in as the generation runs."""
 
+    queue_ms: float = 0.0  # waiting for a cache slot (the engine serves max_batch sequences at once)
     preprocess_ms: float = 0.0  # image decode + resize + normalise
     vision_ms: float = 0.0  # vision graph
-    prefill_ms: float = 0.0  # decoder over the prompt
+    prefill_ms: float = 0.0  # decoder calls over the prompt (one, or one per chunk)
     ttft_ms: float = 0.0  # start of the request to the first token
-    decode_ms: float = 0.0  # all decode steps after the first token
+    decode_ms: float = 0.0  # the first token to the last (steps shared with other sequences)
+    max_token_gap_ms: float = 0.0  # the longest wait between two of its tokens (another prompt's prefill shows here)
     decode_steps: int = 0
 
     @property
@@ -38,9 +44,9 @@ class Timings:
         return self.decode_steps / (self.decode_ms / 1e3) if self.decode_steps and self.decode_ms > 0 else None
 
     def as_dict(self) -> dict:
-        return {"preprocess_ms": round(self.preprocess_ms, 3), "vision_ms": round(self.vision_ms, 3),
+        return {"queue_ms": round(self.queue_ms, 3), "preprocess_ms": round(self.preprocess_ms, 3), "vision_ms": round(self.vision_ms, 3),
                 "prefill_ms": round(self.prefill_ms, 3), "ttft_ms": round(self.ttft_ms, 3),
-                "decode_ms": round(self.decode_ms, 3),
+                "decode_ms": round(self.decode_ms, 3), "max_token_gap_ms": round(self.max_token_gap_ms, 3),
                 "decode_tokens_per_s": None if self.decode_tokens_per_s is None else round(self.decode_tokens_per_s, 3)}
 
 

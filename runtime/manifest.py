@@ -42,12 +42,15 @@ from pathlib import Path
 from runtime.engine_check import check_consistent
 from runtime.errors import EngineError
 
-SCHEMA_VERSION = 4  # 2: per-graph precision, flavour, opset and quantization records; 3: TensorRT plans;
-#                    4: a graph's KV-cache binding (`kv_cache`), for the fused onnxruntime-flavour decoder
-READABLE_VERSIONS = (2, 3, 4)  # a schema 2 folder is a schema 3 folder without TensorRT plans; both have
+SCHEMA_VERSION = 5  # 2: per-graph precision, flavour, opset and quantization records; 3: TensorRT plans;
+#                    4: a graph's KV-cache binding (`kv_cache`), for the fused onnxruntime-flavour decoder;
+#                    5: a decoder graph's batch capability (`max_batch`: sequences of different lengths per call)
+READABLE_VERSIONS = (2, 3, 4, 5)  # a schema 2 folder is a schema 3 folder without TensorRT plans; both have
 #                                seq-major decoders, the default of `kv_cache`
 MANIFEST_FILE = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20
+
+MAX_BATCH = 256  # sequences per decoder call, the most a manifest may record
 
 # A dimension is a fixed int or a symbolic name ("batch", "seq", "past_seq", ...).
 Dim = typing.Union[int, str]
@@ -279,8 +282,14 @@ class GraphSpec:
     # (the traced graph: past rows in, new rows out) or "shared_bnsh" (the fused onnxruntime graph:
     # GroupQueryAttention's one [B, Hkv, max_seq, hd] buffer, read and written in place).
     kv_cache: str = "seq_major"
+    # A decoder graph: how many sequences, each at its own position, one call may carry (the runtime's cache
+    # slots).  Graphs before schema 5 assumed one shared position for the whole batch, so they run at 1.
+    # A vision graph: 1 (its batch of tiles is free, not a capability).
+    max_batch: int = 1
 
     def __post_init__(self):
+        if not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= MAX_BATCH:
+            raise EngineError(f"graph {self.file}: max_batch must be 1..{MAX_BATCH}, got {self.max_batch!r}")
         _one_of("graph.precision", self.precision, PRECISIONS)
         _one_of("graph.flavour", self.flavour, FLAVOURS)
         _one_of("graph.kv_cache", self.kv_cache, ("seq_major", "shared_bnsh"))
@@ -489,6 +498,9 @@ def load_manifest(engine_dir: str | Path) -> Manifest:
     if version < 4 and manifest.graphs.decoder.kv_cache != "seq_major":
         raise EngineError(f"{path}: schema {version} has seq-major decoders only, this one says kv_cache "
                           f"{manifest.graphs.decoder.kv_cache}; re-export the engine folder")
+    if version < 5 and manifest.graphs.decoder.max_batch != 1:
+        raise EngineError(f"{path}: schema {version} decoders carry one sequence a call, this one says max_batch "
+                          f"{manifest.graphs.decoder.max_batch}; re-export the engine folder")
     return manifest
 
 

@@ -4,8 +4,10 @@
     python -m runtime.run --engine engines/tiny --image photo.jpg --prompt "What is here?" --json
     python -m runtime.run --engine engines/tiny --video samples/clip.mp4 --jsonl captions.jsonl
     python -m runtime.run --engine engines/tiny --camera 0 --interval 2 --min-change 0.03
+    python -m runtime.run --engine engines/tiny --video name=door:door.mp4 --camera 0 --camera name=yard:1
 
-Streams (--camera/--video/--url/--gst) are described in runtime/video/cli.py.
+Streams (--camera/--video/--url/--gst, each repeatable, in any mix, a source named with a name=NAME:
+prefix) are described in runtime/video/cli.py.
 
 Streams the text to stdout as it is decoded (timings go to stderr), or with --json
 prints one JSON object: text, token_ids, image_tokens, prompt_tokens, finish_reason, timings, and
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from runtime.arguments import check_int, check_text, check_threads
@@ -26,11 +29,11 @@ from runtime.cli_output import error_line, write_stdout
 from runtime.cli_parser import CliParser
 from runtime.errors import FlashVLError
 from runtime.image_header import DEFAULT_MAX_PIXELS, MAX_PIXELS_CEILING  # not runtime.image: no OpenCV for --help
+from runtime.manifest import MAX_BATCH
 from runtime import stop_signals
 from runtime.stop_signals import describe, exit_code, stopping_on_signals
 
 DEFAULT_PROMPT = "Describe the image."
-SOURCES = ("camera", "video", "url", "gst")
 IMAGE_MAX_NEW_TOKENS = 128  # one image; a stream's captions default to runtime.video.model's 48
 
 
@@ -54,6 +57,9 @@ def parse_args(argv):
     ap.add_argument("--no-cuda-graphs", action="store_true",
                     help="TensorRT: run every decode step with a plain enqueue instead of replaying CUDA graphs")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    ap.add_argument("--max-batch", type=int, default=None, metavar="N",
+                    help="sequences decoded together, e.g. the captions of several streams (default and upper "
+                         "bound: what the engine was exported for, 8; 1 for folders exported before batching)")
     ap.add_argument("--max-seq-len", type=int, default=None,
                     help="context window to allocate the KV cache for (default and upper bound: the engine's)")
     ap.add_argument("--no-iss", action="store_true",
@@ -65,22 +71,28 @@ def parse_args(argv):
                     help="keep an image file's pixels as stored instead of turning them upright as its EXIF "
                          "orientation says (as viewers do)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
-    st = ap.add_argument_group("camera and video streams (instead of --image)")
-    src = st.add_mutually_exclusive_group()
-    src.add_argument("--camera", type=int, metavar="N", help="V4L2 camera index (/dev/videoN)")
-    src.add_argument("--video", metavar="PATH", help="a video file (or a URL of a finite file)")
-    src.add_argument("--url", metavar="URL", help="a live stream: rtsp://..., http://... (reconnected when it drops)")
-    src.add_argument("--gst", metavar="PIPELINE", help="a GStreamer pipeline ending in appsink (Jetson CSI camera: "
-                                                       "see docs/camera-streams.md); needs an OpenCV built with GStreamer")
+    st = ap.add_argument_group("camera and video streams (instead of --image)",
+                               "Each source flag may be repeated, in any mix, to caption several streams at\n"
+                               "once through the one model; name=NAME: before a source names its stream, e.g.\n"
+                               "--video name=door:door.mp4 --camera name=yard:1 (default: camera0, video0, video1...)")
+    for flag, metavar, text in (
+            ("camera", "N", "V4L2 camera index (/dev/videoN)"),
+            ("video", "PATH", "a video file (or a URL of a finite file)"),
+            ("url", "URL", "a live stream: rtsp://..., http://... (reconnected when it drops)"),
+            ("gst", "PIPELINE", "a GStreamer pipeline ending in appsink (Jetson CSI camera: see "
+                                "docs/camera-streams.md); needs an OpenCV built with GStreamer")):
+        # one list, args.sources = [(flag, value), ...], in the order given: default names count per flag
+        st.add_argument(f"--{flag}", dest="sources", action="append", type=partial(_tagged, flag), metavar=metavar,
+                        help=text)
     stream_options = []  # the stream options; each means nothing without a source
 
     def opt(*names, **kw):
         stream_options.append(st.add_argument(*names, **kw))
 
-    opt("--loop", action="store_true", help="--video: start again at the end")
+    opt("--loop", action="store_true", help="--video: start again at the end (every --video)")
     opt("--no-realtime", action="store_true",
         help="--video: offer every frame in order as fast as the model goes (nothing dropped; "
-        "--interval counts media time) instead of playing it like a camera")
+        "--interval counts media time) instead of playing it like a camera (every --video)")
     opt("--interval", type=float, default=0.0, metavar="S",
         help="caption at most every S seconds (default 0: as fast as the model allows)")
     opt("--min-change", type=float, default=None, metavar="X",
@@ -90,18 +102,22 @@ def parse_args(argv):
         help="prepare frame N+1 while decoding N: auto (default) = on for TensorRT, off for ONNX "
         "Runtime on the CPU, where both halves compete for the same cores")
     opt("--max-captions", type=int, default=None, metavar="N",
-        help="stop after N captions (default: until the source ends or Ctrl-C)")
+        help="stop after N captions, all streams together (default: until the sources end or Ctrl-C)")
     opt("--jsonl", metavar="FILE", help="append one JSON object per caption to FILE (a restarted run keeps the "
         "earlier lines), or - for stdout")
     opt("--save", metavar="OUT.mp4", help="write the video with the current caption drawn on it "
-        "(.mp4, .avi or .mkv)")
+        "(.mp4, .avi or .mkv); with several sources one video per stream, OUT.NAME.mp4")
     opt("--show", action="store_true", help="show the captioned video in a window (needs a display "
-        "and an OpenCV with a GUI)")
+        "and an OpenCV with a GUI; one source)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     # the stream options set away from their defaults, for the "needs a source" error
     args.stream_flags = [a.option_strings[0] for a in stream_options if getattr(args, a.dest) != a.default]
     return args
+
+
+def _tagged(flag: str, value: str) -> tuple[str, str]:
+    return flag, value
 
 
 def quiet_opencv() -> None:
@@ -136,13 +152,15 @@ def _run(args) -> int:
         if args.max_new_tokens is not None:
             check_int("--max-new-tokens", args.max_new_tokens, 1)
         check_threads(args.threads, "--threads")
+        if args.max_batch is not None:
+            check_int("--max-batch", args.max_batch, 1, MAX_BATCH, "sequences decoded together")
         check_int("--max-image-pixels", args.max_image_pixels, 1, MAX_PIXELS_CEILING,
                   "the ceiling is OpenCV's own decode limit")
         check_text("--prompt", args.prompt)
         check_text("--system", args.system, optional=True)
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                   repetition_penalty=args.repetition_penalty, seed=args.seed)
-        streaming = any(getattr(args, name) is not None for name in SOURCES)
+        streaming = bool(args.sources)
         if streaming and args.image is not None:
             raise FlashVLError("give either --image (one picture) or a stream (--camera/--video/--url/--gst), "
                                "not both")
@@ -167,6 +185,7 @@ def _run(args) -> int:
                 raise FlashVLError("--image -: stdin is empty; pipe an image file in, e.g. `< photo.jpg`")
         vl = FlashVL.load(args.engine, threads=args.threads, max_seq_len=args.max_seq_len, backend=args.backend,
                           cuda_graphs=not args.no_cuda_graphs, max_image_pixels=args.max_image_pixels,
+                          max_batch=args.max_batch,
                           exif_orientation=not args.no_exif_orientation)
         gen = vl.stream(image, args.prompt, max_new_tokens=args.max_new_tokens or IMAGE_MAX_NEW_TOKENS,
                         sampling=sampling, system=args.system, iss=not args.no_iss)

@@ -1,5 +1,6 @@
 """runtime.cuda_mem: copies, pinned memory and CUDA graphs on a GPU; its missing-binding / driver / GPU
-errors everywhere (with fake bindings where the real one is absent)."""
+errors everywhere (with fake bindings where the real one is absent).  The 2-D copy runs against NumPy
+on every binding that is importable and has a GPU, and on the stand-in (tests/trt_standin.py) everywhere."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import types
 import numpy as np
 import pytest
 
-from runtime.cuda_mem import CudaError, CudaUnavailable, open_cuda, probe_cuda
+from runtime import cuda_mem
+from runtime.cuda_mem import CudaError, CudaUnavailable, Stream, open_cuda, probe_cuda
 from tests.conftest import run_cli
+from tests.extras import needs
 
 HAVE_GPU, WHY = probe_cuda()
 gpu = pytest.mark.skipif(not HAVE_GPU, reason=f"needs a CUDA GPU and binding: {WHY}")
@@ -29,6 +32,7 @@ def _importable(name: str) -> bool:
 
 
 HAVE_CUDA_PYTHON = _importable("cuda.bindings.runtime") or _importable("cuda.cudart")
+HAVE_PYCUDA = _importable("pycuda.driver")
 
 
 @pytest.fixture()
@@ -172,6 +176,145 @@ def test_absurd_malloc_names_the_call_and_leaves_cuda_usable(cuda):
     cuda.malloc(MiB)
 
 
+# ----------------------------------------------------------------------------- 2-D copies, per binding
+
+
+@pytest.fixture(params=["stand-in", "cuda-python", "pycuda"])
+def each_cuda(request):
+    """A Cuda on one binding (each one's own open, not open_cuda's choice), or a skip saying why not."""
+    if request.param == "stand-in":
+        needs("export", only=("onnx",))  # tests.trt_standin imports onnx
+        from tests.trt_standin import HostCuda, HostDevice
+
+        c = HostCuda(HostDevice())
+    else:
+        installed, opener = {"cuda-python": (HAVE_CUDA_PYTHON, cuda_mem._open_cuda_python),
+                             "pycuda": (HAVE_PYCUDA, cuda_mem._open_pycuda)}[request.param]
+        if not installed:
+            pytest.skip(f"{request.param} is not installed")
+        try:
+            c = opener(0)
+        except CudaUnavailable as e:
+            pytest.skip(f"needs a CUDA GPU: {e}")
+    yield c
+    c.close()
+
+
+def _pitched_copy(dst: np.ndarray, dst_off, dst_pitch, src: np.ndarray, src_off, src_pitch, width, height):
+    """What d2d_2d does, on the bytes of NumPy arrays: piece r of `width` bytes, each side at its own pitch."""
+    for r in range(height):
+        dst[dst_off + r * dst_pitch:][:width] = src[src_off + r * src_pitch:][:width]
+
+
+@pytest.mark.parametrize("dst_off, dst_pitch, src_off, src_pitch, width, height", [
+    (0, 128, 256, 1024, 128, 7),   # gather: one slot's rows of a [T, 8 slots, 128 B] block -> contiguous
+    (384, 1024, 0, 128, 128, 7),   # scatter: contiguous rows -> one slot's rows
+    (512, 2048, 256, 768, 512, 9),  # one row of every (layer, K/V) block, pitches of whole blocks
+    (8, 200, 24, 136, 96, 5),      # no alignment anywhere
+    (64, 64, 0, 64, 64, 1),        # one piece
+])
+def test_d2d_2d_equals_numpy(each_cuda, dst_off, dst_pitch, src_off, src_pitch, width, height):
+    cuda, rng = each_cuda, np.random.default_rng(width * height)
+    x = cuda.pinned(src_off + (height - 1) * src_pitch + width + 64, np.uint8)  # the stand-in copies pinned only
+    before, out = (cuda.pinned(dst_off + (height - 1) * dst_pitch + width + 64, np.uint8) for _ in range(2))
+    x[:], before[:] = rng.integers(0, 256, x.size, dtype=np.uint8), 0xEE  # 0xEE: bytes between pieces stay
+    src, dst, stream = cuda.malloc(x.nbytes), cuda.malloc(before.nbytes), cuda.new_stream()
+    cuda.h2d(src.ptr, x, stream)
+    cuda.h2d(dst.ptr, before, stream)
+    cuda.d2d_2d(dst.ptr + dst_off, dst_pitch, src.ptr + src_off, src_pitch, width, height, stream)
+    cuda.d2h(out, dst.ptr, stream)
+    cuda.synchronize(stream)
+    want = before.copy()
+    _pitched_copy(want, dst_off, dst_pitch, x, src_off, src_pitch, width, height)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_d2d_2d_is_captured_and_replayed(each_cuda):
+    """A 2-D copy is stream work: a graph records it and every launch copies what the source holds then."""
+    cuda = each_cuda
+    if not cuda.supports_graphs:
+        pytest.skip(f"{cuda.binding} has no stream capture")
+    width, src_pitch, dst_pitch, height = 128, 1024, 256, 6
+    a, b = cuda.malloc(src_pitch * height), cuda.malloc(dst_pitch * height)
+    stream = cuda.new_stream()
+    x, out = cuda.pinned(src_pitch * height, np.uint8), cuda.pinned(dst_pitch * height, np.uint8)
+    cuda.memset(b.ptr, 0, b.nbytes, stream)
+    cuda.synchronize(stream)
+    cuda.begin_capture(stream)
+    cuda.d2d_2d(b.ptr, dst_pitch, a.ptr, src_pitch, width, height, stream)
+    graph = cuda.end_capture(stream)
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        x[:] = rng.integers(0, 256, x.size, dtype=np.uint8)
+        cuda.h2d(a.ptr, x, stream)
+        graph.launch(stream)
+        cuda.d2h(out, b.ptr, stream)
+        cuda.synchronize(stream)
+        want = np.zeros_like(out)
+        _pitched_copy(want, 0, dst_pitch, x, 0, src_pitch, width, height)
+        np.testing.assert_array_equal(out, want)
+    graph.close()
+
+
+def _stream() -> Stream:
+    return Stream("the binding's stream", 7, None)
+
+
+def test_d2d_2d_reaches_cuda_python_as_cudaMemcpy2DAsync():
+    """Argument order and error text, on a fake `cuda.bindings.runtime` (the GPU tests above run the real one)."""
+    calls, result = [], [(_Err.cudaSuccess,)]
+    rt = types.SimpleNamespace(
+        cudaError_t=_Err,
+        cudaMemcpyKind=types.SimpleNamespace(cudaMemcpyDeviceToDevice="D2D"),
+        cudaMemcpy2DAsync=lambda *args: calls.append(args) or result[0],
+        cudaGetErrorName=lambda err: (_Err.cudaSuccess, _Err(err).name.encode()),
+        cudaGetErrorString=lambda err: (_Err.cudaSuccess, b"invalid pitch argument"),
+    )
+    c = cuda_mem._CudaPython(rt, 0, "cuda-python (fake)")
+    c.d2d_2d(4096, 128, 8192, 1024, 96, 7, _stream())
+    assert calls == [(4096, 128, 8192, 1024, 96, 7, "D2D", "the binding's stream")]
+    result[0] = (_Err.cudaErrorInvalidPitchValue,)
+    with pytest.raises(CudaError) as e:
+        c.d2d_2d(4096, 128, 8192, 1024, 96, 7, _stream())
+    assert str(e.value).startswith("cudaMemcpy2DAsync failed: cudaErrorInvalidPitchValue (invalid pitch argument); "
+                                   "a 2-D copy's pitch"), e.value
+
+
+def test_d2d_2d_reaches_pycuda_as_an_async_memcpy2d():
+    """pycuda's Memcpy2D, called with the stream (its async form), on a fake `pycuda.driver`."""
+    made = []
+
+    class Error(Exception):
+        pass
+
+    class Memcpy2D:
+        def __init__(self):
+            made.append(self)
+            self.calls = []
+
+        def set_src_device(self, ptr):
+            self.src = ptr
+
+        def set_dst_device(self, ptr):
+            self.dst = ptr
+
+        def __call__(self, stream):
+            if self.height > 100:
+                raise Error("cuMemcpy2DAsync failed: invalid argument")
+            self.calls.append(stream)
+
+    context = types.SimpleNamespace(push=lambda: None)
+    drv = types.SimpleNamespace(Error=Error, Memcpy2D=Memcpy2D,
+                                Device=lambda i: types.SimpleNamespace(retain_primary_context=lambda: context))
+    c = cuda_mem._PyCuda(drv, 0, "pycuda (fake)")
+    c.d2d_2d(4096, 128, 8192, 1024, 96, 7, _stream())
+    (m,) = made
+    got = (m.dst, m.dst_pitch, m.src, m.src_pitch, m.width_in_bytes, m.height, m.calls)
+    assert got == (4096, 128, 8192, 1024, 96, 7, ["the binding's stream"])
+    with pytest.raises(CudaError, match="cuMemcpy2DAsync failed: invalid argument; "):
+        c.d2d_2d(4096, 128, 8192, 1024, 96, 101, _stream())
+
+
 # ----------------------------------------------------------------------------- everywhere
 
 
@@ -221,6 +364,7 @@ def test_real_cuda_python_without_gpu(monkeypatch):
 
 class _Err(enum.IntEnum):
     cudaSuccess = 0
+    cudaErrorInvalidPitchValue = 12
     cudaErrorInsufficientDriver = 35
     cudaErrorNoDevice = 100
 

@@ -33,7 +33,7 @@ FUSED_OPS = {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
 def test_manifest_records_the_shared_cache(tiny_fused_engine, tiny_engine):
     m = load_manifest(tiny_fused_engine)
     d = m.graphs.decoder
-    assert (m.schema_version, d.flavour, d.kv_cache, d.precision, d.weights) == (4, "onnxruntime", "shared_bnsh",
+    assert (m.schema_version, d.flavour, d.kv_cache, d.precision, d.weights) == (5, "onnxruntime", "shared_bnsh",
                                                                                  "fp32", None)
     assert d.input(io.past_key(0)).shape == ("batch", m.decoder.n_kv_heads, "max_seq", m.decoder.head_dim)
     assert (d.input(io.SEQLENS_K).dtype, d.input(io.TOTAL_SEQ_LEN).shape) == ("int32", ())
@@ -110,6 +110,7 @@ def test_schema_3_folders_load_as_seq_major(tiny_engine, tiny_fused_engine, tmp_
     for g in raw["graphs"].values():
         if g is not None:
             g.pop("kv_cache")
+            g.pop("max_batch")
     (old / "manifest.json").write_text(json.dumps(raw))
     assert load_manifest(old).graphs.decoder.kv_cache == "seq_major"
     raw = json.loads((tiny_fused_engine / "manifest.json").read_text())

@@ -140,6 +140,32 @@ def test_decoder_prefill_and_cached_steps_match_transformers():
 
 
 @torch.no_grad()
+def test_ragged_batch_step_matches_transformers_per_sequence():
+    """Two sequences of 7 and 3 cached rows decode in one call of our decoder (past padded to 7 rows, each at
+    its own position: export.decoder.ragged_causal_mask); each row's logits are transformers' for that
+    sequence alone."""
+    hf = hf_qwen2(TINY.decoder)
+    ours = ours_from_hf_decoder(hf)
+    prompts = [torch.tensor([[11, 200, 37, 5, 99, 420, 17]]), torch.tensor([[8, 301, 4]])]
+    nxt = torch.tensor([[77], [123]])  # [2, 1]: each sequence's next token
+    past = []
+    for ids in prompts:  # each prompt alone, then its rows into its own column of a padded [7, 2, Hkv, hd] past
+        _, *kv = ours(ours.embed_tokens(ids), torch.arange(ids.shape[1])[None], *ours.empty_past())
+        past.append(kv)
+    padded = []
+    for a_kv, b_kv in zip(*past):
+        block = torch.zeros((7, 2) + a_kv.shape[2:])
+        block[:, 0] = a_kv[:, 0]
+        block[:3, 1] = b_kv[:, 0]  # rows 3..6 of sequence 1 are garbage it must not see
+        block[3:, 1] = 1e3
+        padded.append(block)
+    logits, *_ = ours(ours.embed_tokens(nxt), torch.tensor([[7], [3]]), *padded)  # [2, V]
+    for b, ids in enumerate(prompts):
+        want = hf(input_ids=torch.cat((ids, nxt[b:b + 1]), 1)).logits[0, -1]
+        assert (logits[b] - want).abs().max().item() <= TOL
+
+
+@torch.no_grad()
 def test_image_rows_spliced_by_the_runtime_match_inputs_embeds():
     hf = hf_qwen2(TINY.decoder)
     ours = ours_from_hf_decoder(hf)

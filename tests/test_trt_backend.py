@@ -2,8 +2,9 @@
 
 The stand-in runs the real ONNX graphs with ONNX Runtime at the addresses the backend binds, so
 these tests check the backend's own logic with real numerics: profiles, buffers, binding by
-name, the device-resident KV cache, CUDA graph replay, plan/machine checks and the backend
-choice.  Greedy tokens through it must equal the ONNX Runtime backend's, token for token.
+name, the device-resident KV cache and its staging copies, ragged batches, CUDA graph replay,
+plan/machine checks and the backend choice.  Greedy tokens through it must equal the ONNX Runtime
+backend's, token for token; each sequence of a batch gets the logits it gets alone.
 What needs a real GPU and TensorRT is in tests/test_cuda_mem.py (skipped without a GPU).
 """
 
@@ -27,7 +28,8 @@ from runtime.api import FlashVL
 from runtime.backend_select import BackendChoice, decide, plan_mismatch
 from runtime.errors import EngineError
 from runtime.manifest import DecoderSpec, load_manifest, save_manifest
-from runtime.trt_profiles import DECODE, PREFILL, check_shape, decoder_call, decoder_profiles
+from runtime.trt_profiles import (ALIGN, DECODE, EMPTY, KV_CACHE, KV_NEW, KV_PAST, PREFILL, check_shape,
+                                  decode_call, decoder_profiles, kv_layout, prefill_call)
 from tests import trt_standin
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 
@@ -43,13 +45,25 @@ def build(engine_dir, **cfg):
 
 @pytest.fixture(scope="module")
 def planned(tiny_engine, tmp_path_factory):
-    """A copy of the tiny engine with stand-in plans built (TensorRT 10.3.0, 'Stand-in Orin')."""
+    """A copy of the tiny engine with one-sequence stand-in plans (TensorRT 10.3.0, 'Stand-in Orin'): B = 1,
+    the path with CUDA graphs."""
     dst = tmp_path_factory.mktemp("trt") / "tiny"
     shutil.copytree(tiny_engine, dst)
     with pytest.MonkeyPatch.context() as mp:
         fake, _ = trt_standin.install(mp)
-        build(dst)
+        build(dst, max_batch=1)
         assert len(fake.builds) == 2
+    return dst
+
+
+@pytest.fixture(scope="module")
+def planned_batched(tiny_engine, tmp_path_factory):
+    """The tiny engine with plans built as `python -m export.trt` builds them by default: B = the export's 8."""
+    dst = tmp_path_factory.mktemp("trt") / "tiny-batched"
+    shutil.copytree(tiny_engine, dst)
+    with pytest.MonkeyPatch.context() as mp:
+        trt_standin.install(mp)
+        build(dst)
     return dst
 
 
@@ -66,7 +80,7 @@ def planned_dynamic(tiny_dynamic_engine, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def planned_aligned(tmp_path_factory):
-    """A tiny variant whose cache rows are 256 bytes (2 KV heads x 32 x f32): new K/V written in place.
+    """A tiny variant whose cache rows are 256 bytes (2 KV heads x 32 x f32), one slot: new K/V written in place.
 
     The tiny presets' 128-byte rows take the staging path instead (TensorRT wants 256-byte aligned
     addresses), so between them both ways of writing the cache run.
@@ -80,7 +94,7 @@ def planned_aligned(tmp_path_factory):
     export_engine(preset, WeightSource(seed=0), dst)
     with pytest.MonkeyPatch.context() as mp:
         trt_standin.install(mp)
-        build(dst)
+        build(dst, max_batch=1)
     return dst
 
 
@@ -92,28 +106,13 @@ def greedy(engine_dir, backend, image, **load):
 # ----------------------------------------------------------------------------- pure planning
 
 
-@settings(max_examples=40, deadline=None)
-@given(layers=st.integers(1, 4), kv=st.integers(1, 3), hd=st.sampled_from([2, 4, 8]), t=st.integers(2, 40),
-       b=st.integers(1, 3), itemsize=st.sampled_from([2, 4]), data=st.data())
-def test_decoder_call_offsets_are_numpy_offsets(layers, kv, hd, t, b, itemsize, data):
-    dec = DecoderSpec("qwen2", layers, kv * hd * 2, kv * 2, kv, hd, 8, 1e-6, 1e4, 32, True, t, "seq_major")
-    seq = data.draw(st.integers(1, t))
-    pos = data.draw(st.integers(0, t - seq))
-    cache = np.zeros((layers, 2, t, b, kv, hd), np.float16 if itemsize == 2 else np.float32)  # [L, 2, T, B, H, hd]
-    call = decoder_call(dec, t, b, itemsize, seq, pos)
-    assert call.profile == (DECODE if seq == 1 else PREFILL)
-    for i in range(layers):
-        for j, (past, new) in enumerate(((io.past_key(i), io.new_key(i)), (io.past_value(i), io.new_value(i)))):
-            assert call.offsets[past] == cache[i, j, 0].ctypes.data - cache.ctypes.data
-            assert call.offsets[new] == cache[i, j, pos].ctypes.data - cache.ctypes.data
-            assert call.shapes[past] == (pos, b, kv, hd)
-    assert call.shapes[io.INPUTS_EMBEDS] == (b, seq, dec.dim)
-
-
-def test_decoder_call_refuses_overflow(tiny_engine):
+def test_calls_refuse_rows_past_the_cache(tiny_engine):
     dec = load_manifest(tiny_engine).decoder
-    with pytest.raises(EngineError, match="does not fit the 16-row KV cache"):
-        decoder_call(dec, 16, 1, 4, 4, 13)
+    layout = kv_layout(dec, 16, 2, 4)
+    with pytest.raises(EngineError, match="positions 13..16 does not fit the 16-row KV cache"):
+        prefill_call(dec, layout, 1, 4, 13)
+    with pytest.raises(EngineError, match="a token of slot 1 at position 16 does not fit the 16-row KV cache"):
+        decode_call(dec, layout, [3, 16], (0, 1))
 
 
 def test_profiles_cover_prefill_and_decode(tiny_engine):
@@ -126,6 +125,106 @@ def test_profiles_cover_prefill_and_decode(tiny_engine):
         check_shape(decode, io.INPUTS_EMBEDS, (1, 2, m.decoder.dim), "decoder.plan")
 
 
+def test_profiles_cover_the_batch(tiny_engine):
+    """Decode steps of 1..B slots; a prefill is one slot's (a batch-B prefill profile would size the
+    activation memory for B x T tokens)."""
+    m = load_manifest(tiny_engine)
+    prefill, decode = decoder_profiles(m.graphs.decoder, 64, 3, 30)
+    d, kv = m.decoder, (m.decoder.n_kv_heads, m.decoder.head_dim)
+    assert (decode.shape(io.INPUTS_EMBEDS).min, decode.shape(io.INPUTS_EMBEDS).max) == ((1, 1, d.dim), (3, 1, d.dim))
+    assert decode.shape(io.INPUTS_EMBEDS).opt == (3, 1, d.dim)  # the runtime decodes at the full width
+    assert decode.shape(io.POSITION_IDS).max == (3, 1) and decode.shape(io.past_value(1)).max == (63, 3) + kv
+    assert prefill.shape(io.INPUTS_EMBEDS).max == (1, 64, d.dim) and prefill.shape(io.past_key(0)).max == (63, 1) + kv
+    with pytest.raises(EngineError, match=r"outside the 'decode' profile .*--max-batch"):
+        check_shape(decode, io.INPUTS_EMBEDS, (4, 1, d.dim), "decoder.plan")
+
+
+def _dec(layers, kv, hd, t) -> DecoderSpec:
+    return DecoderSpec("qwen2", layers, kv * hd * 2, kv * 2, kv, hd, 8, 1e-6, 1e4, 32, True, t, "seq_major")
+
+
+def _apply(copies, dst: np.ndarray, src: np.ndarray) -> None:
+    """The backend's device copies, on the bytes of NumPy arrays."""
+    d, s = dst.reshape(-1).view(np.uint8), src.reshape(-1).view(np.uint8)
+    for c in copies:
+        for r in range(c.rows):
+            d[c.dst + r * c.dst_pitch:][:c.width] = s[c.src + r * c.src_pitch:][:c.width]
+
+
+def _bound(call, name, shape, bufs) -> np.ndarray:
+    """The f32 array a K/V binding of `call` gives the engine, as a writable view of its buffer."""
+    buf, off = call.kv[name]
+    n = int(np.prod(shape)) * 4
+    if buf == EMPTY:
+        assert n == 0, (name, shape)
+        return np.zeros(shape, np.float32)
+    return bufs[buf].reshape(-1).view(np.uint8)[off:off + n].view(np.float32).reshape(shape)
+
+
+def _check_addresses(call, layout) -> None:
+    assert len(set(call.kv.values())) == len(call.kv)  # TensorRT: distinct addresses
+    if layout.max_seq_len * layout.row_bytes % ALIGN == 0:  # what the backend requires of a layout
+        assert all(off % ALIGN == 0 for _, off in call.kv.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(layers=st.integers(1, 3), kv=st.integers(1, 2), hd=st.sampled_from([2, 8, 32]), t=st.integers(2, 20),
+       b=st.integers(1, 4), data=st.data())
+def test_prefill_call_touches_only_its_slots_rows(layers, kv, hd, t, b, data):
+    """Bound as the call says, the engine sees the slot's rows 0..pos-1 and its new rows land at pos..pos+S-1."""
+    dec, layout = _dec(layers, kv, hd, t), kv_layout(_dec(layers, kv, hd, t), t, b, 4)
+    seq = data.draw(st.integers(2, t))
+    pos, slot = data.draw(st.integers(0, t - seq)), data.draw(st.integers(0, b - 1))
+    rng = np.random.default_rng(seq * 31 + pos)
+    cache = rng.standard_normal((layers, 2, t, b, kv, hd)).astype(np.float32)  # [L, 2, T, B, Hkv, hd]
+    want = cache.copy()
+    bufs = {KV_CACHE: cache, KV_PAST: np.zeros(2 * layers * layout.block, np.uint8),
+            KV_NEW: np.zeros(2 * layers * layout.block, np.uint8)}
+    call = prefill_call(dec, layout, slot, seq, pos)
+    assert call.profile == PREFILL and call.shapes[io.INPUTS_EMBEDS] == (1, seq, dec.dim)
+    _check_addresses(call, layout)
+    _apply(call.gather, bufs[KV_PAST], cache)
+    for i in range(layers):
+        for j, (past, new) in enumerate(((io.past_key(i), io.new_key(i)), (io.past_value(i), io.new_value(i)))):
+            assert call.shapes[past] == (pos, 1, kv, hd)
+            np.testing.assert_array_equal(_bound(call, past, (pos, 1, kv, hd), bufs)[:, 0], cache[i, j, :pos, slot])
+            rows = rng.standard_normal((seq, 1, kv, hd)).astype(np.float32)  # what the engine writes
+            _bound(call, new, rows.shape, bufs)[...] = rows
+            want[i, j, pos:pos + seq, slot] = rows[:, 0]
+    _apply(call.scatter, cache, bufs[KV_NEW])
+    np.testing.assert_array_equal(cache, want)
+    assert layout.in_place == (b == 1 and kv * hd * 4 % ALIGN == 0) and (not call.scatter) == layout.in_place
+
+
+@settings(max_examples=60, deadline=None)
+@given(layers=st.integers(1, 3), kv=st.integers(1, 2), hd=st.sampled_from([2, 8, 32]), t=st.integers(2, 20),
+       b=st.integers(1, 4), data=st.data())
+def test_decode_call_writes_each_slot_at_its_own_row(layers, kv, hd, t, b, data):
+    """All B slots in one run over rows 0..Pmax-1 of the cache; slots 0..n-1 keep their row, at their positions."""
+    dec, layout = _dec(layers, kv, hd, t), kv_layout(_dec(layers, kv, hd, t), t, b, 4)
+    n = data.draw(st.integers(1, b))
+    positions = data.draw(st.lists(st.integers(0, t - 1), min_size=n, max_size=n)) + [0] * (b - n)
+    rng = np.random.default_rng(sum(positions))
+    cache = rng.standard_normal((layers, 2, t, b, kv, hd)).astype(np.float32)  # [L, 2, T, B, Hkv, hd]
+    want = cache.copy()
+    bufs = {KV_CACHE: cache, KV_NEW: np.zeros(2 * layers * layout.block, np.uint8)}
+    call = decode_call(dec, layout, positions, tuple(range(n)))
+    pmax = max(positions)
+    assert call.profile == DECODE and call.shapes[io.INPUTS_EMBEDS] == (b, 1, dec.dim) and not call.gather
+    _check_addresses(call, layout)
+    for i in range(layers):
+        for j, (past, new) in enumerate(((io.past_key(i), io.new_key(i)), (io.past_value(i), io.new_value(i)))):
+            assert call.shapes[past] == (pmax, b, kv, hd)
+            np.testing.assert_array_equal(_bound(call, past, (pmax, b, kv, hd), bufs), cache[i, j, :pmax])
+            rows = rng.standard_normal((1, b, kv, hd)).astype(np.float32)  # what the engine writes
+            _bound(call, new, rows.shape, bufs)[...] = rows
+            for s in range(n):
+                want[i, j, positions[s], s] = rows[0, s]
+    _apply(call.scatter, cache, bufs[KV_NEW])
+    np.testing.assert_array_equal(cache, want)
+    assert len(call.scatter) == (0 if layout.in_place else n)  # one strided copy per written slot
+
+
 # ----------------------------------------------------------------------------- builder
 
 
@@ -133,12 +232,27 @@ def test_build_records_plans_in_manifest(planned):
     m = load_manifest(planned)
     t = m.trt
     assert (t.tensorrt_version, t.gpu_name, t.compute_capability) == ("10.3.0", "Stand-in Orin", "8.7")
-    assert t.max_seq_len == m.decoder.max_seq_len and t.vision_max_batch == 1
+    assert t.max_seq_len == m.decoder.max_seq_len and t.vision_max_batch == 1 and t.max_batch == 1
     assert [p.name for p in t.decoder.profiles] == ["prefill", "decode"]
     assert t.decoder.onnx == m.graphs.decoder.file and t.decoder.builder_peak_host_bytes > 0
     assert (planned / "vision.plan").stat().st_size == t.vision.bytes
     assert (planned / "timing.cache").read_bytes().startswith(b"STANDIN-TIMING-CACHE")
     assert plan_mismatch(planned, m, "10.3.0", "Stand-in Orin", "8.7") == ""
+
+
+def test_build_batch_defaults_to_the_exports(planned_batched):
+    m = load_manifest(planned_batched)
+    assert m.graphs.decoder.max_batch == 8 and m.trt.max_batch == 8
+    prefill, decode = m.trt.decoder.profiles
+    assert decode.shape(io.INPUTS_EMBEDS).max[0] == 8 and decode.shape(io.past_key(0)).max[1] == 8
+    assert prefill.shape(io.INPUTS_EMBEDS).max[0] == 1
+
+
+def test_build_refuses_a_batch_above_the_exports(engine_copy):
+    proc = run_cli("-m", "export.trt", "--engine", str(engine_copy), "--max-batch", "9")
+    assert_one_line_error(proc, "--max-batch 9 is above 8, the batch decoder.onnx was exported for",
+                          "python -m export --max-batch 9")
+    assert load_manifest(engine_copy).trt is None and not (engine_copy / "decoder.plan").exists()
 
 
 def test_build_settings_reach_tensorrt(engine_copy, monkeypatch):
@@ -165,11 +279,13 @@ def test_build_refuses_bad_limits(engine_copy, monkeypatch):
 # ----------------------------------------------------------------------------- runtime
 
 
+@pytest.mark.parametrize("plans", ["planned", "planned_batched"])
 @pytest.mark.parametrize("image", IMAGES, ids=["shapes", "text"])
-def test_greedy_equals_onnxruntime(planned, monkeypatch, image):
-    ort_ids = greedy(planned, "onnxruntime", image)
+def test_greedy_equals_onnxruntime(plans, request, monkeypatch, image):
+    engine = request.getfixturevalue(plans)
+    ort_ids = greedy(engine, "onnxruntime", image)
     trt_standin.install(monkeypatch)
-    assert greedy(planned, "trt", image) == ort_ids
+    assert greedy(engine, "trt", image) == ort_ids
 
 
 @pytest.mark.parametrize("image", IMAGES, ids=["shapes", "text"])
@@ -224,6 +340,157 @@ def test_kv_cache_stays_on_device(planned, monkeypatch):
     assert per_step_in == m.decoder.dim * 4 + 8  # one embedding row and one position go in
 
 
+class Alone:
+    """One sequence through decoder.onnx on ONNX Runtime at batch 1, its K/V kept in NumPy: the reference."""
+
+    def __init__(self, engine_dir, m):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(engine_dir / m.graphs.decoder.file), providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.session.get_outputs()]
+        d = m.decoder
+        self.past = {n: np.zeros((0, 1, d.n_kv_heads, d.head_dim), np.float32)  # [P, 1, Hkv, hd]
+                     for i in range(d.n_layers) for n in (io.past_key(i), io.past_value(i))}
+
+    def __call__(self, embeds: np.ndarray) -> np.ndarray:
+        # [1, S, D] after the rows so far -> logits [1, V]
+        pos, s = len(self.past[io.past_key(0)]), embeds.shape[1]
+        out = dict(zip(self.names, self.session.run(self.names, {
+            io.INPUTS_EMBEDS: embeds, io.POSITION_IDS: np.arange(pos, pos + s)[None], **self.past})))
+        for name in self.past:
+            self.past[name] = np.concatenate([self.past[name], out[name.replace("past_", "new_")]])
+        return out[io.LOGITS]
+
+
+def test_ragged_batch_equals_each_sequence_alone(planned_batched, monkeypatch):
+    """Three prompts of different lengths in slots 0..2 of a B = 8 cache: staggered prefills (one while
+    others decode, one in chunks, the last chunk of one token), slots idle mid-prefill and mid-answer
+    (zeros at their filled length), then resumed.  Each sequence's logits equal its own run alone."""
+    from runtime.embedding import TokenEmbedding
+    from runtime.trt_backend import TrtEngines
+
+    m = load_manifest(planned_batched)
+    table = TokenEmbedding(planned_batched / m.embeddings.file, m.embeddings, m.tokens.image_pad_id)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, m.decoder.vocab_size, n) for n in (5, 9, 3)]
+    filled, token = [0, 0, 0], [0, 0, 0]
+    got = [[], [], []]  # per sequence: the logits of its prompt's last position, then of each decode step
+    trt_standin.install(monkeypatch)
+    owner = TrtEngines(planned_batched, m)
+    d = owner.decoder
+
+    def prefill(k, end):
+        logits = d.prefill(k, table.tokens(prompts[k][filled[k]:end]), filled[k])  # [1, V]
+        filled[k] = end
+        if end == len(prompts[k]):
+            got[k].append(logits[0].copy())
+            token[k] = int(logits[0].argmax())
+
+    def step(active, n):
+        embeds = np.zeros((n, 1, m.decoder.dim), np.float32)  # [n, 1, D]: zeros for idle slots
+        for k in active:
+            embeds[k] = table.tokens(np.array([token[k]]))[0]
+        logits = d.decode(embeds, np.array(filled[:n]))  # [n, V]
+        assert logits.shape == (n, m.decoder.vocab_size)
+        for k in active:
+            got[k].append(logits[k].copy())
+            token[k], filled[k] = int(logits[k].argmax()), filled[k] + 1
+
+    try:
+        assert d.max_batch == 8 and d.staged and not d.use_graphs
+        prefill(0, 5)
+        step({0}, 1)
+        prefill(1, 4)      # a chunk of slot 1's prompt ...
+        step({0}, 2)       # ... which sits idle at position 4 while slot 0 decodes
+        prefill(1, 8)      # chunk 2, then the last one of one token
+        step({0}, 3)       # slot 2 empty (position 0)
+        prefill(1, 9)
+        step({0, 1}, 2)
+        prefill(2, 3)      # prefilled while the others decode
+        for active in [{0, 1, 2}] * 2 + [{1, 2}] * 2 + [{0, 1, 2}] * 2:  # slot 0 idle mid-answer, then resumed
+            step(active, 3)
+    finally:
+        owner.close()
+
+    for k, prompt in enumerate(prompts):
+        alone = Alone(planned_batched, m)
+        want = [alone(table.tokens(prompt))[0]]
+        while len(want) < len(got[k]):
+            want.append(alone(table.tokens(np.array([int(want[-1].argmax())])))[0])
+        np.testing.assert_allclose(np.array(got[k]), np.array(want), rtol=1e-5, atol=1e-5)
+        assert [int(x.argmax()) for x in got[k]] == [int(x.argmax()) for x in want]
+    assert [len(g) for g in got] == [9, 8, 7]
+    assert len({int(x.argmax()) for g in got for x in g}) > 3  # the tokens vary: the comparison can fail
+
+
+def test_decoder_slots_are_the_least_of_plan_graph_and_caller(planned_batched, monkeypatch):
+    from runtime.trt_backend import TrtEngines
+
+    m = load_manifest(planned_batched)
+    legacy = dataclasses.replace(m.graphs.decoder, max_batch=1)  # a graph that masks by shape (before schema 5)
+    trt_standin.install(monkeypatch)
+    old = dataclasses.replace(m, graphs=dataclasses.replace(m.graphs, decoder=legacy))
+    for manifest, asked, want in ((m, None, 8), (m, 3, 3), (m, 20, 8), (old, None, 1)):
+        owner = TrtEngines(planned_batched, manifest, max_batch=asked)
+        try:
+            assert owner.decoder.max_batch == want and owner.decoder.use_graphs == (want == 1)
+            with pytest.raises(EngineError, match=f"prefill of slot {want}, the decoder has slots 0..{want - 1}"):
+                owner.decoder.prefill(want, np.zeros((1, 2, m.decoder.dim), np.float32), 0)
+        finally:
+            owner.close()
+
+
+def test_batched_steps_keep_the_cache_on_device(planned_batched, monkeypatch):
+    """A decode step of 2 busy slots runs all 8 (zeros in for the others) and brings back 2 rows of logits."""
+    from runtime.trt_backend import TrtEngines
+
+    m = load_manifest(planned_batched)
+    _, dev = trt_standin.install(monkeypatch)
+    owner = TrtEngines(planned_batched, m)
+    try:
+        d = owner.decoder
+        d.prefill(1, np.ones((1, 4, m.decoder.dim), np.float32), 0)
+        before = (dev.h2d_bytes, dev.d2h_bytes)
+        logits = d.decode(np.ones((2, 1, m.decoder.dim), np.float32), np.array([0, 4]))
+    finally:
+        owner.close()
+    assert logits.shape == (2, m.decoder.vocab_size)
+    assert dev.d2h_bytes - before[1] == 2 * m.decoder.vocab_size * 4
+    assert dev.h2d_bytes - before[0] == 8 * (m.decoder.dim * 4 + 8)
+
+
+def test_copies_per_call_do_not_grow_with_the_prompt(planned_batched, monkeypatch):
+    """Each strided copy of a call is one 2-D copy: a prefill issues 2L to scatter its rows whatever its length
+    (2L more to gather after cached rows), and a decode step one per busy slot, as many as 2L-piece copies."""
+    from runtime.trt_backend import TrtEngines
+
+    m = load_manifest(planned_batched)
+    _, dev = trt_standin.install(monkeypatch)
+    owner = TrtEngines(planned_batched, m)
+    d, blocks = owner.decoder, 2 * m.decoder.n_layers
+
+    def copies(run, *args) -> int:
+        before = dev.d2d_copies
+        run(*args)
+        return dev.d2d_copies - before
+
+    def embeds(n, s):
+        return np.ones((n, s, m.decoder.dim), np.float32)  # [n, S, D]
+
+    try:
+        assert d.max_batch == 8 and m.decoder.n_layers > 1
+        short = copies(d.prefill, 0, embeds(1, 5), 0)
+        long = copies(d.prefill, 1, embeds(1, 40), 0)
+        chunk = copies(d.prefill, 1, embeds(1, 7), 40)  # after 40 cached rows: gathered first
+        step = copies(d.decode, embeds(3, 1), np.array([5, 47, 0]))
+        one = copies(d.prefill, 2, embeds(1, 1), 0)  # a one-token prefill is a decode step writing one slot
+    finally:
+        owner.close()
+    assert short == long == blocks
+    assert chunk == 2 * blocks
+    assert (step, one) == (3, 1)
+
+
 def test_decode_steps_replay_cuda_graphs(planned, monkeypatch):
     ort_ids = greedy(planned, "onnxruntime", IMAGES[0])
     _, dev = trt_standin.install(monkeypatch)
@@ -235,6 +502,15 @@ def test_decode_steps_replay_cuda_graphs(planned, monkeypatch):
     assert first == second == ort_ids
     _, dev = trt_standin.install(monkeypatch)
     assert greedy(planned, "trt", IMAGES[0], cuda_graphs=False) == ort_ids and dev.launches == 0
+
+
+def test_batched_plans_run_without_cuda_graphs(planned_batched, monkeypatch):
+    ort_ids = greedy(planned_batched, "onnxruntime", IMAGES[0])
+    _, dev = trt_standin.install(monkeypatch)
+    with FlashVL.load(planned_batched, backend="trt") as vl:
+        for _ in range(2):
+            assert vl.generate(str(IMAGES[0]), PROMPT, max_new_tokens=24).token_ids == ort_ids
+        assert not vl.decoder.use_graphs and not vl.decoder.graphs and dev.launches == 0
 
 
 def test_misaligned_cache_blocks_refused(planned, monkeypatch):
@@ -346,5 +622,5 @@ def test_camera_loop_on_tensorrt_says_what_onnxruntime_says(planned, monkeypatch
         assert not vl.encodes_concurrently
         with vl.captions(frames, prompt, realtime=False) as events:
             got = [e.caption for e in events]
-        assert vl._owner.cuda.threads_entered == 1  # the model thread, once
+        assert vl._owner.cuda.threads_entered == 2  # the engine loop (all GPU work) and the camera loop, once each
     assert got == want and len(got) == 3

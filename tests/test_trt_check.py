@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 from runtime import graph_io as io
 from runtime.files import sha256_of
-from runtime.manifest import PlanSpec, TrtSpec, load_manifest, save_manifest
+from runtime.manifest import SCHEMA_VERSION, PlanSpec, TrtSpec, load_manifest, save_manifest
 from runtime.trt_profiles import decoder_profiles, vision_profiles
 from tests.conftest import assert_one_line_error
 
@@ -37,17 +37,17 @@ def plan_spec(engine, graph, profiles) -> PlanSpec:
                     device_memory=0, build_seconds=0.0, builder_peak_host_bytes=0, builder_peak_device_bytes=-1)
 
 
-def with_trt_record(src, engine):
+def with_trt_record(src, engine, max_batch=1):
     """A copy of `src` with a `trt` record as `python -m export.trt` would write it, minus the plan files."""
     shutil.copytree(src, engine)
     m = load_manifest(engine)
     g = m.graphs
     tiles = 1 if m.tiling is None else m.tiling.max_tiles + m.tiling.thumbnail
     trt = TrtSpec(tensorrt_version="10.3.0", gpu_name="stand-in (ONNX Runtime)", compute_capability="0.0",
-                  max_seq_len=MAX_SEQ_LEN, max_batch=1, vision_max_batch=tiles, workspace_mb=0, low_memory=False,
-                  vision=plan_spec(engine, g.vision, vision_profiles(g.vision, tiles)),
-                  decoder=plan_spec(engine, g.decoder, decoder_profiles(g.decoder, MAX_SEQ_LEN, 1, 64)))
-    save_manifest(engine, dataclasses.replace(m, schema_version=3, trt=trt))
+                  max_seq_len=MAX_SEQ_LEN, max_batch=max_batch, vision_max_batch=tiles, workspace_mb=0,
+                  low_memory=False, vision=plan_spec(engine, g.vision, vision_profiles(g.vision, tiles)),
+                  decoder=plan_spec(engine, g.decoder, decoder_profiles(g.decoder, MAX_SEQ_LEN, max_batch, 64)))
+    save_manifest(engine, dataclasses.replace(m, schema_version=SCHEMA_VERSION, trt=trt))
     return engine
 
 
@@ -130,6 +130,35 @@ def test_broken_decoder_fails_on_the_right_outputs(trt_engine, broken_decoder, c
     assert "| decoder.plan | 0 prefill | logits |" in proc.stdout and "| FAIL |" in proc.stdout
     n_outputs = 1 + 2 * (1 + 2 * (last + 1))
     assert f"2 of {n_outputs} outputs diverge, first decoder.plan profile 0 prefill logits" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def batched_engine(tiny_engine, tmp_path_factory):
+    return with_trt_record(tiny_engine, tmp_path_factory.mktemp("trt") / "tiny-b3", max_batch=3)
+
+
+def recorded_cases(monkeypatch) -> list:
+    from export.trt import check
+
+    cases, compare = [], check.compare_case
+    monkeypatch.setattr(check, "compare_case", lambda case, *a: (cases.append(case), compare(case, *a))[1])
+    return cases
+
+
+def test_decode_case_runs_at_the_plans_batch(batched_engine, broken_decoder, capsys, monkeypatch):
+    """The runtime decodes all B slots of a batched plan at once, at their own positions: so does the check."""
+    cases = recorded_cases(monkeypatch)
+    proc = run_main(capsys, ["--engine", str(batched_engine), "--json"], stand_in(batched_engine))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    decode = cases[-1].feed
+    p = report["prompt_tokens"]
+    assert decode[io.INPUTS_EMBEDS].shape[:2] == (3, 1) and decode[io.POSITION_IDS][:, 0].tolist() == [p, p - 1, p - 2]
+    assert decode[io.past_key(0)].shape[:2] == (p, 3)
+    proc = run_main(capsys, ["--engine", str(batched_engine), "--json"], stand_in(batched_engine, broken_decoder))
+    assert proc.returncode == 1
+    failed = {(o["profile"], o["output"]) for o in json.loads(proc.stdout)["outputs"] if not o["passed"]}
+    assert failed == {("0 prefill", io.LOGITS), ("1 decode", io.LOGITS)}
 
 
 def test_tolerance_override(trt_engine, broken_decoder, capsys):

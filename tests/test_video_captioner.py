@@ -181,10 +181,10 @@ def test_jsonl_record_schema():
     events = events_of(open_stream(FakeModel(), [(f, 0.5) for f in gray_frames([3])], Cadence(min_change=0.1),
                                    realtime=False))
     rec = events[0].as_json()
-    assert rec == {"v": 1, "id": 1, "repeat": False, "frame": 0, "capture_ts": rec["capture_ts"], "media_s": 0.5,
-                   "caption": "gray 3 ", "tokens": 2, "finish_reason": "stop", "preprocess_ms": 0.5,
-                   "vision_ms": 1.0, "prefill_ms": 1.0, "decode_ms": 2.0, "latency_ms": rec["latency_ms"],
-                   "dropped": 0, "change": None}
+    assert rec == {"v": 1, "stream": "frames0", "id": 1, "repeat": False, "frame": 0,
+                   "capture_ts": rec["capture_ts"], "media_s": 0.5, "caption": "gray 3 ", "tokens": 2,
+                   "finish_reason": "stop", "preprocess_ms": 0.5, "vision_ms": 1.0, "prefill_ms": 1.0,
+                   "decode_ms": 2.0, "latency_ms": rec["latency_ms"], "dropped": 0, "change": None}
     assert abs(rec["capture_ts"] - time.time()) < 60 and rec["latency_ms"] >= 0
 
 

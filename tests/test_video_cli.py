@@ -20,10 +20,10 @@ from tests.conftest import ROOT, assert_one_line_error, run_cli
 from tests.video_fakes import FakeModel
 from tests.video_files import serve, write_video
 
-SCHEMA = {"v": int, "id": int, "repeat": bool, "frame": int, "capture_ts": float, "media_s": (float, type(None)),
-          "caption": str, "tokens": int, "finish_reason": str, "preprocess_ms": float, "vision_ms": float,
-          "prefill_ms": float, "decode_ms": float, "latency_ms": float, "dropped": int,
-          "change": (float, type(None))}
+SCHEMA = {"v": int, "stream": str, "id": int, "repeat": bool, "frame": int, "capture_ts": float,
+          "media_s": (float, type(None)), "caption": str, "tokens": int, "finish_reason": str,
+          "preprocess_ms": float, "vision_ms": float, "prefill_ms": float, "decode_ms": float, "latency_ms": float,
+          "dropped": int, "change": (float, type(None))}
 
 
 def check_record(rec: dict) -> None:
@@ -69,6 +69,7 @@ def test_cli_writes_jsonl_and_a_captioned_video(tiny_engine, tmp_path, name, fou
     assert [r["dropped"] for r in records] == [0] + [b - a - 1 for a, b in zip(want, want[1:])]
     assert [r["media_s"] for r in records] == [round(i / fps, 3) for i in want]
     assert [r["id"] for r in records] == [1, 2, 3] and not any(r["repeat"] for r in records)
+    assert {r["stream"] for r in records} == {"video0"}  # one source: its default name
     assert all(0 < r["tokens"] <= 6 for r in records)
     # the terminal got one line per caption, the summary went to stderr
     assert [line.split(":")[0] for line in proc.stdout.splitlines()] == [f"#{i + 1} frame {f}" for i, f in

@@ -13,7 +13,8 @@ HostCuda implements runtime.cuda_mem's Cuda interface over host memory: "device 
 host addresses, every access is bounds-checked against the allocations (a bad pointer fails
 the test instead of crashing it), stream capture records the operations and CudaGraph.launch
 replays them with capture-time addresses and shapes, as a CUDA graph does.  HostDevice counts
-bytes copied each way, engine runs and graph launches for the tests' assertions.
+bytes copied each way, device-to-device copies (1-D or 2-D, one each), engine runs and graph
+launches for the tests' assertions.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class HostDevice:
         self.ranges: dict[int, tuple[int, np.ndarray]] = {}  # start -> (nbytes, owner array)
         self.capturing: dict[int, list] = {}  # stream handle -> recorded ops
         self.h2d_bytes = self.d2h_bytes = self.runs = self.launches = 0
+        self.d2d_copies = 0  # d2d and d2d_2d calls run (a graph replay runs its copies again)
         self.allocated = 0
 
     def register(self, arr: np.ndarray) -> None:
@@ -54,6 +56,13 @@ class HostDevice:
             if start <= ptr and ptr + nbytes <= start + n:
                 return
         raise AssertionError(f"stand-in: access of {nbytes} bytes at {ptr:#x} is outside every allocation")
+
+    def pitched(self, ptr: int, pitch: int, width: int, height: int) -> np.ndarray:
+        """[height, width] bytes at ptr, one row every pitch bytes, as a writable strided view."""
+        if width == 0 or height == 0:
+            return np.zeros((height, width), np.uint8)
+        span = self.view(ptr, ((height - 1) * pitch + width,), np.uint8)  # [span] u8, bounds-checked
+        return np.lib.stride_tricks.as_strided(span, (height, width), (pitch, 1))  # [height, width] u8
 
     def view(self, ptr: int, shape, dtype) -> np.ndarray:
         dtype = np.dtype(dtype)
@@ -123,12 +132,11 @@ class HostCuda:
     def new_stream(self):
         return SimpleNamespace(handle=next(self._handles))
 
-    def _copy(self, dst_ptr: int, src_ptr: int, n: int, stream, counter: str | None) -> None:
+    def _copy(self, dst_ptr: int, src_ptr: int, n: int, stream, counter: str) -> None:
         def op():
             self.dev.check(src_ptr, n), self.dev.check(dst_ptr, n)
             ctypes.memmove(dst_ptr, src_ptr, n)
-            if counter:
-                setattr(self.dev, counter, getattr(self.dev, counter) + n)
+            setattr(self.dev, counter, getattr(self.dev, counter) + n)
         self.dev.submit(stream.handle, op)
 
     def h2d(self, dst_ptr: int, src: np.ndarray, stream) -> None:
@@ -140,7 +148,20 @@ class HostCuda:
         self._copy(dst.ctypes.data, src_ptr, dst.nbytes, stream, "d2h_bytes")
 
     def d2d(self, dst_ptr: int, src_ptr: int, nbytes: int, stream) -> None:
-        self._copy(dst_ptr, src_ptr, nbytes, stream, None)
+        self.d2d_2d(dst_ptr, nbytes, src_ptr, nbytes, nbytes, 1, stream)  # one piece
+
+    def d2d_2d(self, dst_ptr: int, dst_pitch: int, src_ptr: int, src_pitch: int, width_bytes: int, height: int,
+               stream) -> None:
+        assert width_bytes >= 0 and height >= 0 and min(dst_pitch, src_pitch) >= width_bytes, \
+            "stand-in: a 2-D copy's pitches must be at least its width (cudaErrorInvalidPitchValue)"
+
+        def op():
+            dst = self.dev.pitched(dst_ptr, dst_pitch, width_bytes, height)  # [height, width] u8
+            src = self.dev.pitched(src_ptr, src_pitch, width_bytes, height)  # [height, width] u8
+            assert not np.may_share_memory(dst, src), "stand-in: the copy's source and destination overlap"
+            dst[...] = src
+            self.dev.d2d_copies += 1
+        self.dev.submit(stream.handle, op)
 
     def memset(self, dst_ptr: int, value: int, nbytes: int, stream) -> None:
         def op():

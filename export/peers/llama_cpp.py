@@ -71,7 +71,8 @@ class LlamaCpp:
     cache, flash attention "auto", which the CPU backend turns on) rounds attention through f16: on the
     tiny test model its logits differ from fp32 by ~1e-3 relative, against ~1e-6 with this set."""
 
-    def __init__(self, path: Path, n_ctx: int, n_batch: int, threads: int, fp32_attention: bool = False):
+    def __init__(self, path: Path, n_ctx: int, n_batch: int, threads: int, fp32_attention: bool = False,
+                 n_seq_max: int = 1, n_ubatch: int | None = None):
         import llama_cpp
 
         self.lib = llama_cpp
@@ -84,6 +85,9 @@ class LlamaCpp:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = n_batch  # the whole prompt in one llama_decode, one graph
+        if n_ubatch is not None:  # the batched peer: llama.cpp splits a call into graphs of n_ubatch tokens
+            params.n_ubatch = n_ubatch
+        params.n_seq_max = n_seq_max  # sequences the cache holds (export.peers.llama_cpp_batched)
         params.n_threads = params.n_threads_batch = threads
         if fp32_attention:
             params.type_k = params.type_v = llama_cpp.GGML_TYPE_F32

@@ -6,7 +6,8 @@
 
 Build options:
     --max-seq-len N     context window of the decoder profiles (default: the export's)
-    --max-batch B       decoder batch (default 1)
+    --max-batch B       sequences one decode step carries (default: what the export allows, its
+                        graphs.decoder.max_batch; more is refused: re-export with --max-batch)
     --vision-max-batch  tiles per vision run (default: 1 static, all tiles + thumbnail dynamic)
     --workspace MB      builder workspace limit (default: TensorRT's; 512 with --low-memory)
     --timing-cache F    timing cache to read and update (default: DIR/timing.cache)
@@ -30,7 +31,7 @@ def parse_build_args(argv):
     ap = CliParser(prog="python -m export.trt", description=__doc__)
     ap.add_argument("--engine", required=True, type=Path, help="engine folder written by `python -m export`")
     ap.add_argument("--max-seq-len", type=int, default=None)
-    ap.add_argument("--max-batch", type=int, default=1)
+    ap.add_argument("--max-batch", type=int, default=None)
     ap.add_argument("--vision-max-batch", type=int, default=None)
     ap.add_argument("--workspace", type=int, default=0, metavar="MB")
     ap.add_argument("--timing-cache", type=Path, default=None, metavar="FILE")
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         return 130
     t = manifest.trt
     print(f"{args.engine}: vision.plan + decoder.plan for {t.gpu_name} (sm {t.compute_capability}), TensorRT "
-          f"{t.tensorrt_version}, context {t.max_seq_len}; run with "
+          f"{t.tensorrt_version}, context {t.max_seq_len}, {t.max_batch} sequence(s) per decode step; run with "
           f"`python -m runtime.run --engine {args.engine} --backend trt --image IMAGE`")
     return 0
 

@@ -1,8 +1,10 @@
 """Build TensorRT plans from an engine folder's ONNX graphs, on the GPU that will run them.
 
     engine_dir/vision.onnx  -> vision.plan   one profile: 1..Bv tiles
-    engine_dir/decoder.onnx -> decoder.plan  two profiles: prefill (1..T tokens), decode (1 token);
-                                             see runtime.trt_profiles for the shapes and the why
+    engine_dir/decoder.onnx -> decoder.plan  two profiles: prefill (one slot, 1..T tokens), decode (1..B
+                                             slots, 1 token); see runtime.trt_profiles for the shapes and
+                                             the why.  B: --max-batch, by default the batch the decoder
+                                             graph was exported for (graphs.decoder.max_batch), never more
     timing.cache            TensorRT's kernel timings, reused by the next build on this GPU
     manifest.json           rewritten once at the end with `trt` (TrtSpec): TensorRT version,
                             GPU, compute capability, profiles, plan hashes, builder memory
@@ -48,7 +50,7 @@ LOW_MEMORY_OPT_LEVEL = 1
 @dataclass(frozen=True)
 class BuildConfig:
     max_seq_len: int | None = None  # None: the export's context window
-    max_batch: int = 1  # decoder batch
+    max_batch: int | None = None  # decoder slots; None: the graph's max_batch (its most)
     vision_max_batch: int | None = None  # None: 1 for a static model, every tile (+ thumbnail) for a dynamic one
     workspace_mb: int = 0  # 0: TensorRT's default (LOW_MEMORY_WORKSPACE_MB with low_memory)
     timing_cache: Path | None = None  # None: engine_dir / timing.cache
@@ -56,7 +58,8 @@ class BuildConfig:
     opt_level: int | None = None  # builder optimization level 0..5; None: 3, or 1 with low_memory
 
     def __post_init__(self):
-        if self.max_batch < 1 or (self.vision_max_batch is not None and self.vision_max_batch < 1):
+        if (self.max_batch is not None and self.max_batch < 1) or \
+                (self.vision_max_batch is not None and self.vision_max_batch < 1):
             raise EngineError(f"--max-batch and --vision-max-batch must be at least 1, got {self.max_batch}, "
                               f"{self.vision_max_batch}")
         if self.workspace_mb < 0:
@@ -76,20 +79,25 @@ class BuildConfig:
         return LOW_MEMORY_OPT_LEVEL if self.low_memory else DEFAULT_OPT_LEVEL
 
 
-def plan_profiles(manifest: Manifest, cfg: BuildConfig) -> tuple[int, int, tuple, tuple]:
-    """(max_seq_len, vision_max_batch, vision profiles, decoder profiles) for this folder and config."""
+def plan_profiles(manifest: Manifest, cfg: BuildConfig) -> tuple[int, int, int, tuple, tuple]:
+    """(max_seq_len, max_batch, vision_max_batch, vision profiles, decoder profiles) for this folder and config."""
     exported = manifest.decoder.max_seq_len
     t = cfg.max_seq_len or exported
     if not 2 <= t <= exported:
         raise EngineError(f"--max-seq-len {t} is outside 2..{exported}, the context window the graphs were "
                           f"exported for; re-export with a larger --max-seq-len for more")
+    graph_batch = manifest.graphs.decoder.max_batch  # 1 before schema 5: those graphs cannot mix lengths
+    b = cfg.max_batch or graph_batch
+    if b > graph_batch:
+        raise EngineError(f"--max-batch {b} is above {graph_batch}, the batch {manifest.graphs.decoder.file} was "
+                          f"exported for (graphs.decoder.max_batch); use --max-batch {graph_batch} or less, or "
+                          f"re-export with `python -m export --max-batch {b}`")
     tiling = manifest.tiling
     tiles = 1 if tiling is None else tiling.max_tiles + (1 if tiling.thumbnail and tiling.max_tiles > 1 else 0)
     bv = cfg.vision_max_batch or tiles
     vision = vision_profiles(manifest.graphs.vision, bv, opt_batch=tiles)
-    decoder = decoder_profiles(manifest.graphs.decoder, t, cfg.max_batch,
-                               opt_prompt_len(manifest.adapter.image_tokens, t))
-    return t, bv, vision, decoder
+    decoder = decoder_profiles(manifest.graphs.decoder, t, b, opt_prompt_len(manifest.adapter.image_tokens, t))
+    return t, b, bv, vision, decoder
 
 
 def check_graph(engine_dir: Path, role: str, graph: GraphSpec) -> None:
@@ -110,7 +118,7 @@ def build_plans(engine_dir: Path, cfg: BuildConfig) -> Manifest:
     g = manifest.graphs
     for role, graph in (("vision", g.vision), ("decoder", g.decoder)):
         check_graph(engine_dir, role, graph)
-    t, bv, vision_profs, decoder_profs = plan_profiles(manifest, cfg)
+    t, b, bv, vision_profs, decoder_profs = plan_profiles(manifest, cfg)
 
     trt = trt_compat.import_tensorrt()
     cuda = cuda_mem.open_cuda()
@@ -133,7 +141,7 @@ def build_plans(engine_dir: Path, cfg: BuildConfig) -> Manifest:
         write_atomic(cache_path, bytes(memoryview(cache.serialize())))
         progress.say(f"timing cache: {cache_path}")
         spec = TrtSpec(tensorrt_version=version, gpu_name=info.name, compute_capability=info.compute_capability,
-                       max_seq_len=t, max_batch=cfg.max_batch, vision_max_batch=bv,
+                       max_seq_len=t, max_batch=b, vision_max_batch=bv,
                        workspace_mb=cfg.workspace_bytes >> 20,
                        low_memory=cfg.low_memory, vision=plans["vision"], decoder=plans["decoder"])
     finally:

@@ -9,8 +9,10 @@ was built from (ONNX Runtime on the CPU: the reference), both as Polygraphy runn
     vision   vision.plan  0   pixel_values of --image (default: calib/images' first)   image_embeds
     prefill  decoder.plan 0   the chat prompt's embeddings, the ONNX image embeddings   logits, new_key.i,
                               spliced in; positions 0..P-1; past_* with 0 rows          new_value.i
-    decode   decoder.plan 1   the ONNX prefill's argmax token at position P;           the same
-                              past_* = the ONNX prefill's K/V (P rows)
+    decode   decoder.plan 1   the ONNX prefill's argmax token for each of B sequences  the same
+                              (B: the width the runtime decodes at), sequence b at
+                              position P-b; past_* = the ONNX prefill's K/V (P rows)
+                              for every sequence, of which b sees its first P-b
 
 Both sides of a case get identical inputs (ONNX outputs feed the next case), so a divergence
 belongs to that plan and profile alone.  An output passes when every element is within atol or
@@ -189,11 +191,15 @@ def check(engine_dir: Path, manifest: Manifest, image: Path, prompt: str, onnx_r
     feed = {io.INPUTS_EMBEDS: embed.prompt(ids, embeds.astype(np.float32)), io.POSITION_IDS: np.arange(p)[None]}
     feed.update({name: empty for i in range(d.n_layers) for name in (io.past_key(i), io.past_value(i))})
     ref = run(t.decoder, PREFILL, m.graphs.decoder, feed)
-    # 3. decode: the ONNX prefill's next token at position P, after its P cached rows
+    # 3. decode: the ONNX prefill's next token, at the runtime's decode width B (the TensorRT backend always
+    #    decodes all its slots): sequence b at position P-b sees the first P-b of the P cached rows (ragged)
+    b = min(t.max_batch, m.graphs.decoder.max_batch, p)  # graphs before schema 5 mask by shape: B = 1
     token = int(ref[io.LOGITS][0].argmax())
-    feed = {io.INPUTS_EMBEDS: embed.tokens(np.array([token])), io.POSITION_IDS: np.array([[p]])}  # [1, 1, D], [1, 1]
+    feed = {io.INPUTS_EMBEDS: embed.tokens(np.full(b, token))[0][:, None],  # [1, B, D] -> [B, 1, D]
+            io.POSITION_IDS: np.arange(p, p - b, -1)[:, None]}  # [B, 1]
     for i in range(d.n_layers):
-        feed[io.past_key(i)], feed[io.past_value(i)] = ref[io.new_key(i)], ref[io.new_value(i)]  # [P, 1, Hkv, hd]
+        for past, new in ((io.past_key(i), io.new_key(i)), (io.past_value(i), io.new_value(i))):
+            feed[past] = np.repeat(ref[new], b, axis=1)  # [P, 1, Hkv, hd] -> [P, B, Hkv, hd]
     run(t.decoder, DECODE, m.graphs.decoder, feed)
     return Report(str(engine_dir), str(image), prompt, p, tuple(rows), tuple(tokens))
 

@@ -1,10 +1,12 @@
-"""`--plot FILE.png`: bars per phase (decode, prefill, TTFT) and precision, one bar per system.
+"""`--plot FILE.png`: bars per phase (decode, prefill, TTFT) and precision, one bar per system; with
+--concurrency (`draw_levels`), aggregate tokens/s against the number of requests at once.
 
 matplotlib is the `bench` extra's; `available()` lets the CLI refuse --plot before measuring anything.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from runtime.bench.report import num
@@ -69,3 +71,51 @@ def draw(engines: list[dict], path: Path, title: str) -> None:
 
 def _report(reports: list[Report], system: str) -> Report | None:
     return next((r for r in reports if r.system == system and not r.skipped), None)
+
+
+def draw_levels(engines: list[dict], path: Path, title: str) -> None:
+    """The concurrency mode: aggregate decode tok/s (median, min–max bars) against N, one panel per engine, a
+    line per system; full-batch decode dashed and total tok/s dotted in the same colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, len(engines), figsize=(max(7.5, 5.2 * len(engines)), 4.6), squeeze=False)
+    for ax, e in zip(axes[0], engines):
+        for r in e["reports"]:
+            if r.skipped:
+                continue
+            summary = r.summary()
+            ns = [n for n in summary if "aggregate_decode_tokens_per_s" in summary[n]]
+            agg = [summary[n]["aggregate_decode_tokens_per_s"] for n in ns]
+            ys = [a["median"] for a in agg]
+            err = [[a["median"] - a["min"] for a in agg], [a["max"] - a["median"] for a in agg]]
+            colour = COLOURS.get(r.system, "#000000")
+            ax.errorbar(ns, ys, yerr=err, capsize=3, marker="o", color=colour,
+                        label=f"{NAMES.get(r.system, r.system)} {r.precision}: aggregate decode")
+            for n, y in zip(ns, ys):
+                ax.annotate(num(y), (n, y), fontsize=6.5, xytext=(3, 3), textcoords="offset points")
+            full = [(n, summary[n]["full_batch_decode_tokens_per_s"]["median"]) for n in summary
+                    if "full_batch_decode_tokens_per_s" in summary[n]]
+            if full:
+                ax.plot(*zip(*full), linestyle="--", marker="s", markersize=4, color=colour,
+                        label=f"{NAMES.get(r.system, r.system)} {r.precision}: full-batch decode steps")
+            total = [(n, summary[n]["total_tokens_per_s"]["median"]) for n in summary
+                     if "total_tokens_per_s" in summary[n]]
+            if total:
+                ax.plot(*zip(*total), linestyle=":", marker=".", color=colour,
+                        label=f"{NAMES.get(r.system, r.system)} {r.precision}: total (image and prefill included)")
+        ax.set_xscale("log", base=2)
+        levels = sorted({n for r in e["reports"] if not r.skipped for n in r.summary()})
+        ax.set_xticks(levels, [str(n) for n in levels])
+        ax.set_xlabel("requests at once (N)")
+        ax.set_ylabel("tokens/s (higher is better)")
+        ax.set_title(f"{e['reports'][0].precision} engine", fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="upper left")
+    fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -115,12 +115,17 @@ def special_ids(tokens) -> tuple[int, ...]:
 def bench_prompts(engine: Path, manifest, prompt_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """The decoder prompt [N] and the TTFT text ids [TTFT_TEXT_TOKENS] every system of a run gets: ids below
     the tokenizer's size (the decoder's vocab may be padded beyond it), none of its added (control) tokens."""
+    vocab, avoid = ordinary_ids(engine, manifest)
+    return prompt_ids(prompt_tokens, vocab, avoid), prompt_ids(TTFT_TEXT_TOKENS, vocab, avoid, seed=1)
+
+
+def ordinary_ids(engine: Path, manifest) -> tuple[int, tuple[int, ...]]:
+    """(the tokenizer's size, the ids a bench prompt avoids: special and added tokens) -> prompt_ids' arguments."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(engine / manifest.tokenizer))
     vocab = tok.get_vocab_size(with_added_tokens=True)
-    avoid = special_ids(manifest.tokens) + tuple(tok.get_added_tokens_decoder())
-    return prompt_ids(prompt_tokens, vocab, avoid), prompt_ids(TTFT_TEXT_TOKENS, vocab, avoid, seed=1)
+    return vocab, special_ids(manifest.tokens) + tuple(tok.get_added_tokens_decoder())
 
 
 def ttft_ids(tokens, image_tokens: int, text_ids: np.ndarray) -> np.ndarray:
@@ -187,7 +192,11 @@ def worker_main(prog: str, doc: str, measure, prepare=None, skip=None, argv=None
 
 def emit(report: Report) -> int:
     """A worker's last act: the report as the last line of stdout."""
-    sys.stdout.write("\n" + report.to_json() + "\n")
+    return emit_line(report.to_json())
+
+
+def emit_line(text: str) -> int:
+    sys.stdout.write("\n" + text + "\n")
     sys.stdout.flush()
     return 0
 

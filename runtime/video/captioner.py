@@ -1,7 +1,11 @@
 """The caption loop: the newest frame in, timestamped caption events out.
 
-    CaptionStream(model, frames, slot, cadence)   iterate it for CaptionEvents (and CaptionPieces, the
+    CaptionStream(model, slot, cadence)           iterate it for CaptionEvents (and CaptionPieces, the
                                                   text as it is decoded, with pieces=True); stop() ends it
+    open_stream(model, source, cadence)           open a source (capture.open_input) and start its stream
+
+Several sources at once are several CaptionStreams over one model, one per source, their events
+merged by runtime.video.streams; each event's `stream` names its source.
 
 One model thread runs the loop below; a capture thread fills the slot (runtime.video.capture)
 and the caller's thread only reads events, so Ctrl-C reaches the caller at once and stop()
@@ -38,7 +42,7 @@ from dataclasses import dataclass, field
 
 from runtime.arguments import check_bool, check_number
 from runtime.errors import Cancelled, FlashVLError
-from runtime.video.capture import Capture, FrameSlot
+from runtime.video.capture import Capture, FrameSlot, Input, open_input, source_kind
 from runtime.video.change import scene_change, thumbnail
 from runtime.video.frame import Frame, SourceStats
 
@@ -72,6 +76,7 @@ class CaptionPiece:
     id: int
     frame: int
     text: str
+    stream: str = ""  # the source's name (runtime.video.names)
 
 
 @dataclass(frozen=True)
@@ -93,10 +98,11 @@ class CaptionEvent:
     latency_ms: float  # capture of the frame -> its last token (repeats: -> the decision)
     dropped: int  # frames the source delivered since the previous event that were not captioned
     change: float | None  # scene_change() against the last captioned frame (None: gate off or first)
+    stream: str = ""  # the source's name (runtime.video.names); ids count per stream
 
     def as_json(self) -> dict:
         r3 = (lambda x: None if x is None else round(x, 3))
-        return {"v": JSONL_VERSION, "id": self.id, "repeat": self.repeat, "frame": self.frame,
+        return {"v": JSONL_VERSION, "stream": self.stream, "id": self.id, "repeat": self.repeat, "frame": self.frame,
                 "capture_ts": round(self.capture_ts, 6), "media_s": r3(self.media_s), "caption": self.caption,
                 "tokens": self.tokens, "finish_reason": self.finish_reason,
                 "preprocess_ms": r3(self.preprocess_ms), "vision_ms": r3(self.vision_ms),
@@ -141,16 +147,47 @@ def _ema(old: float | None, new: float, a: float = 0.3) -> float:
     return new if old is None else (1 - a) * old + a * new
 
 
+def _rate(captions: int, t_first: float | None, t_last: float | None) -> float | None:
+    """Captions per second between the first and the last caption."""
+    if captions < 2 or t_last <= t_first:
+        return None
+    return (captions - 1) / (t_last - t_first)
+
+
+def _p50_p90(latencies) -> tuple[float | None, float | None]:
+    lat = sorted(latencies)
+    pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None)
+    return pct(0.5), pct(0.9)
+
+
+def total_stats(streams: list[CaptionStream]) -> StreamStats:
+    """Several streams' stats as one: counts summed, captions/s over all their captions, latency over all."""
+    each = [s.stats() for s in streams]
+    firsts = [s._t_first for s in streams if s._t_first is not None]
+    lasts = [s._t_last for s in streams if s._t_last is not None]
+    captions = sum(st.captions for st in each)
+    source = SourceStats(**{k: sum(getattr(st.source, k) for st in each)
+                            for k in ("frames", "corrupt", "missing", "outages", "outage_s", "loops")},
+                         notes=[n for st in each for n in st.source.notes])
+    return StreamStats(sum(st.frames for st in each), captions, sum(st.repeats for st in each),
+                       sum(st.dropped for st in each), _rate(captions, min(firsts, default=None),
+                                                             max(lasts, default=None)),
+                       *_p50_p90([x for s in streams for x in s._latencies]), source)
+
+
 class CaptionStream:
+    """One source's caption loop.  `out`: a queue shared with other streams (runtime.video.streams reads
+    it; this stream's own get() is then not used)."""
+
     def __init__(self, model, slot: FrameSlot, cadence: Cadence, *, capture: Capture | None = None,
                  source_stats: SourceStats | None = None, pieces: bool = False, queue_events: int = 256,
-                 stop: threading.Event | None = None):
-        self.model, self.slot, self.cadence, self.pieces = model, slot, cadence, pieces
+                 stop: threading.Event | None = None, name: str = "", out: queue.Queue | None = None):
+        self.model, self.slot, self.cadence, self.pieces, self.name = model, slot, cadence, pieces, name
         self.capture = capture
         self.source_stats = source_stats or SourceStats()
         self.stop_event = stop or (capture.stop if capture else threading.Event())
         self.realtime = not slot.lossless  # lossless sources: no frame goes stale, grab at once
-        self._out: queue.Queue = queue.Queue(maxsize=queue_events)
+        self._out: queue.Queue = out if out is not None else queue.Queue(maxsize=queue_events)
         self.error: BaseException | None = None
         self._done = False  # the consumer has read everything
         self._lock = threading.Lock()  # orders stop()'s cancel() before the model thread's resume()
@@ -211,17 +248,33 @@ class CaptionStream:
     def done(self) -> bool:
         return self._done
 
+    @property
+    def ended(self) -> bool:
+        """The model thread has finished: every event of this stream is queued."""
+        return self._ended
+
     def stop(self, timeout: float = 1.0) -> None:
-        """End the loop within about a second: cancel the graph call in flight, drop the frame being
+        """End the loop: cancel this stream's caption in flight (it leaves the engine at its next step; an
+        image already in the vision graph finishes first, seconds at full size on a CPU), drop the frame being
         captioned, leave every event already emitted readable with get().  The model thread hands the
         model back (resume()) as it ends, so the FlashVL object serves requests again."""
+        self.request_stop()
+        self.join_model(timeout)
+        self.join_capture(timeout)
+
+    def request_stop(self) -> None:
+        """stop() without the waiting: several streams are all told first, then waited for together."""
         self.stop_event.set()
         with self._lock:
             if not self._ended and not self._cancel_sent:
                 self._cancel_sent = True
                 self.model.cancel()
         self.slot.close()
+
+    def join_model(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+    def join_capture(self, timeout: float) -> None:
         if self.capture is not None and self.capture.thread.is_alive():
             # A file's read ends in milliseconds and the capture releases its source on its own thread; waiting
             # for that keeps the process from exiting with OpenCV mid-read (an abort in its teardown).  A
@@ -235,14 +288,10 @@ class CaptionStream:
         self.stop()
 
     def stats(self) -> StreamStats:
-        lat = sorted(self._latencies)
-        pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None)
-        rate = None
-        if self._captions >= 2 and self._t_last > self._t_first:
-            rate = (self._captions - 1) / (self._t_last - self._t_first)
         frames = self.source_stats.frames
         dropped = max(self._dropped, frames - self._captions - self._repeats) if self._ended else self._dropped
-        return StreamStats(frames, self._captions, self._repeats, dropped, rate, pct(0.5), pct(0.9),
+        return StreamStats(frames, self._captions, self._repeats, dropped,
+                           _rate(self._captions, self._t_first, self._t_last), *_p50_p90(self._latencies),
                            self.source_stats)
 
     # ------------------------------------------------------------------ model thread
@@ -336,12 +385,12 @@ class CaptionStream:
             if self.stop_event.is_set():
                 return
             if self.pieces:
-                self._emit(CaptionPiece(cid, f.index, piece))
+                self._emit(CaptionPiece(cid, f.index, piece, self.name))
         t_end = time.perf_counter()
         r, enc = gen.result, job.encoded
         ev = CaptionEvent(cid, False, f.index, f.wall_ts, f.media_s, r.text, len(r.token_ids), r.finish_reason,
                           enc.preprocess_ms, enc.vision_ms, r.timings.prefill_ms, r.timings.decode_ms,
-                          (t_end - f.t_capture) * 1e3, self._take_dropped(f), job.change)
+                          (t_end - f.t_capture) * 1e3, self._take_dropped(f), job.change, self.name)
         self._captions += 1
         self._latencies.append(ev.latency_ms)
         self._t_first = t_end if self._t_first is None else self._t_first
@@ -354,7 +403,7 @@ class CaptionStream:
         assert last is not None, "the first due frame is always captioned"
         ev = CaptionEvent(last.id, True, f.index, f.wall_ts, f.media_s, last.caption, last.tokens, "repeat",
                           0.0, 0.0, 0.0, 0.0, (time.perf_counter() - f.t_capture) * 1e3, self._take_dropped(f),
-                          job.change)
+                          job.change, self.name)
         self._repeats += 1
         self._emit(ev)
 
@@ -380,40 +429,22 @@ class CaptionStream:
 
 
 def open_stream(model, source, cadence: Cadence, *, realtime: bool = True, pieces: bool = False,
-                on_frame=None) -> CaptionStream:
+                on_frame=None, name: str | None = None) -> CaptionStream:
     """Start capturing and captioning.
 
     source: a VideoSource (opened here: a mistake raises SourceError before any thread starts), a
     FrameReader already opened (its own `realtime`), a FrameFeed, or an iterable of BGR arrays /
     (array, seconds) pairs.  realtime=False (files and iterables): every frame is offered in order and
     none is dropped for being late; `interval` then runs on media time.  on_frame(frame) runs on the
-    capture thread for every frame (--save, --show).
+    capture thread for every frame (--save, --show).  name: the stream's name in its events (default
+    KIND0, e.g. video0, camera0, feed0, frames0).
     """
-    from runtime.video.capture import FrameFeed, array_frames
-    from runtime.video.frame import VideoSource
-    from runtime.video.sources import FrameReader
+    name = f"{source_kind(source)}0" if name is None else name
+    inp = open_input(source, realtime=realtime, on_frame=on_frame, name=name)
+    return start_stream(model, inp, cadence, pieces=pieces, name=name)
 
-    if isinstance(source, FrameFeed):
-        if not realtime and not source.slot.lossless:
-            raise FlashVLError("realtime=False with a FrameFeed: make the feed FrameFeed(lossless=True), whose "
-                               "push() waits for the loop instead")
-        source.on_frame = on_frame
-        return CaptionStream(model, source.slot, cadence, source_stats=source.stats, pieces=pieces)
-    if isinstance(source, VideoSource):
-        if source.live and not realtime:
-            raise FlashVLError(f"{source.describe()} is a live source: frames come when they come, so realtime=False "
-                               f"(--no-realtime) applies to files only")
-        source = FrameReader(source, realtime=realtime)
-        source.open()
-    if isinstance(source, FrameReader):
-        stop, realtime = source.stop, source.realtime
-        frames, stats, on_end = source.frames(), source.stats, source.close
-    elif isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
-        raise FlashVLError(f"captions(): expected a VideoSource, a FrameFeed or an iterable of frames, got "
-                           f"{type(source).__name__}; for a file use VideoSource.file(path)")
-    else:
-        stop, stats, on_end = threading.Event(), SourceStats(), None
-        frames = array_frames(source, stop, stats)
-    slot = FrameSlot(lossless=not realtime)
-    capture = Capture(frames, slot, stop, on_frame, on_end)
-    return CaptionStream(model, slot, cadence, capture=capture, source_stats=stats, pieces=pieces, stop=stop)
+
+def start_stream(model, inp: Input, cadence: Cadence, *, pieces: bool = False, name: str = "",
+                 out: queue.Queue | None = None) -> CaptionStream:
+    return CaptionStream(model, inp.slot, cadence, capture=inp.capture, source_stats=inp.stats, pieces=pieces,
+                         stop=inp.stop, name=name, out=out)

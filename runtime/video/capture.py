@@ -3,11 +3,13 @@
     FrameSlot(lossless)     one frame; live: the newest replaces an untaken one (it is dropped), so the
                             model always sees the present; lossless: put() waits until the frame is taken
     Capture(frames, slot)   a daemon thread: for each Frame from `frames` (a FrameReader, an app's
-                            iterable), call the on_frame hook (the --save writer), then put it in the slot;
-                            on_end (releasing the capture) runs on that thread when the frames end
+                            iterable), stamp it with the stream's name, call the on_frame hook (the --save
+                            writer), then put it in the slot; on_end (releasing the capture) runs on that
+                            thread when the frames end
     FrameFeed               for apps with their own camera stack: push(image) from any thread, never blocks
     array_frames(iterable)  NumPy frames (or (frame, seconds) pairs) -> Frames
     as_bgr(image, where)    any frame an app gives -> BGR uint8 [H, W, 3], or FlashVLError naming the problem
+    open_input(source)      any source captions() takes -> Input: opened, wired to a slot, no thread started
 
 Nothing queues behind the slot: a model that is slower than the camera sees the newest frame,
 and the frames in between are counted (Frame.seq gaps), not stored.
@@ -17,12 +19,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from runtime.errors import FlashVLError
-from runtime.video.frame import Frame, SourceStats
+from runtime.video.frame import Frame, SourceStats, VideoSource
 
 
 class FrameSlot:
@@ -66,8 +69,10 @@ class Capture:
     """Runs `frames` on a daemon thread (a camera read can block for seconds; it must not hold up exit)."""
 
     def __init__(self, frames: Iterator[Frame], slot: FrameSlot, stop: threading.Event,
-                 on_frame: Callable[[Frame], None] | None = None, on_end: Callable[[], None] | None = None):
+                 on_frame: Callable[[Frame], None] | None = None, on_end: Callable[[], None] | None = None,
+                 name: str = ""):
         self.frames, self.slot, self.stop, self.on_frame, self.on_end = frames, slot, stop, on_frame, on_end
+        self.name = name
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="flashvl-capture", daemon=True)
 
@@ -80,6 +85,8 @@ class Capture:
             for frame in self.frames:
                 if self.stop.is_set():
                     break
+                if self.name:
+                    frame = replace(frame, stream=self.name)  # the image is shared, not copied
                 if self.on_frame is not None:
                     self.on_frame(frame)
                 self.slot.put(frame, self.stop)
@@ -146,6 +153,7 @@ class FrameFeed:
         self.slot = FrameSlot(lossless)
         self.stats = SourceStats()
         self.on_frame: Callable[[Frame], None] | None = None  # set by captions(on_frame=...), runs in push()
+        self.name = ""  # the stream's name, set by captions()
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -156,10 +164,68 @@ class FrameFeed:
             seq, self._seq = self._seq, self._seq + 1
             self.stats.frames += 1
         frame = Frame(frame_image, seq, seq, time.perf_counter(), time.time(),
-                      None if timestamp is None else float(timestamp))
+                      None if timestamp is None else float(timestamp), self.name)
         if self.on_frame is not None:
             self.on_frame(frame)
         self.slot.put(frame)
 
     def close(self) -> None:
         self.slot.close()
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+@dataclass
+class Input:
+    """A source opened and wired to a slot, its capture thread not started yet (open_input)."""
+
+    slot: FrameSlot
+    stats: SourceStats
+    capture: Capture | None = None  # None for a FrameFeed: the app's push() fills the slot
+    stop: threading.Event | None = None
+    release: object = None  # a FrameReader to close if the stream never starts
+
+    def discard(self) -> None:
+        if self.release is not None:
+            self.release.close()
+
+
+def source_kind(source) -> str:
+    """What a source is called in default stream names: camera, video, url, gst, feed or frames."""
+    from runtime.video.sources import FrameReader  # (OpenCV's videoio: only when a source is opened)
+
+    if isinstance(source, FrameReader):
+        source = source.source
+    if isinstance(source, VideoSource):
+        return source.flag_name
+    return "feed" if isinstance(source, FrameFeed) else "frames"
+
+
+def open_input(source, *, realtime: bool = True, on_frame=None, name: str = "") -> Input:
+    """Open `source` (see open_stream) and wire it to a slot; a mistake raises before any thread starts."""
+    from runtime.video.sources import FrameReader  # (OpenCV's videoio: only when a source is opened)
+
+    if isinstance(source, FrameFeed):
+        if not realtime and not source.slot.lossless:
+            raise FlashVLError("realtime=False with a FrameFeed: make the feed FrameFeed(lossless=True), whose "
+                               "push() waits for the loop instead")
+        source.on_frame, source.name = on_frame, name
+        return Input(source.slot, source.stats)
+    if isinstance(source, VideoSource):
+        if source.live and not realtime:
+            raise FlashVLError(f"{source.describe()} is a live source: frames come when they come, so realtime=False "
+                               f"(--no-realtime) applies to files only")
+        source = FrameReader(source, realtime=realtime)
+        source.open()
+    if isinstance(source, FrameReader):
+        stop, realtime = source.stop, source.realtime
+        frames, stats, on_end, release = source.frames(), source.stats, source.close, source
+    elif isinstance(source, (str, bytes)) or not hasattr(source, "__iter__"):
+        raise FlashVLError(f"captions(): expected a VideoSource, a FrameFeed or an iterable of frames, got "
+                           f"{type(source).__name__}; for a file use VideoSource.file(path)")
+    else:
+        stop, stats, on_end, release = threading.Event(), SourceStats(), None, None
+        frames = array_frames(source, stop, stats)
+    slot = FrameSlot(lossless=not realtime)
+    return Input(slot, stats, Capture(frames, slot, stop, on_frame, on_end, name), stop, release)

@@ -9,6 +9,7 @@
     Frame.wall_ts    time.time() at the same moment (the timestamp users see)
     Frame.media_s    position in the media in seconds, cumulative over loops (files; None for live
                      sources), the clock `--interval` uses for a file read faster than real time
+    Frame.stream     the name of the stream it belongs to (runtime.video.names), set as it is captured
 
 A `VideoSource` names where frames come from; `runtime.video.sources` opens it.
 """
@@ -38,6 +39,7 @@ class Frame:
     t_capture: float
     wall_ts: float
     media_s: float | None = None
+    stream: str = ""
 
     @property
     def clock(self) -> float:

@@ -10,6 +10,7 @@
                                or, with lossless=True, waits for room
         .close()               drain, finalise the file (an mp4 is unreadable without it), join;
                                raises FlashVLError if writing failed.  Idempotent.
+        .discard()             for a run that failed before its first frame: stop, write nothing, say nothing
         .frames_written, .dropped
 
 A writer thread draws the caption (runtime.video.overlay.draw_caption) and encodes, so a slow disk or
@@ -298,6 +299,17 @@ class VideoSaver:
             except OSError as e:
                 raise FlashVLError(f"--save {self.path}: cannot move the finished video there ({e.strerror or e}); "
                                    f"it is at {self.partial}") from None
+
+    def discard(self) -> None:
+        """Stop the writer and remove what it wrote, quietly: the error that ended the run is the one line."""
+        with self._close_lock:
+            with self._lock:
+                if self._closed:
+                    return
+                self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+            _remove(self.partial)
 
     def __enter__(self) -> VideoSaver:
         return self
