@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from runtime.bench.workload import Workload, emit_line, worker_parser, workload_of
+from runtime.bench.workload import JsonReport, Workload, emit_line, worker_parser, workload_of
 from runtime.cli_output import error_line
 
 LEVELS_VERSION = 1
@@ -80,7 +80,7 @@ def round_figures(requests: list[dict], full_batch: tuple[int, float] | None = N
 
 
 @dataclass
-class LevelsReport:
+class LevelsReport(JsonReport):
     """What one system measured at each level.  `levels`: one dict per N, ascending:
     {"concurrency": N, "rounds": [round_figures(...), ...], "peak_rss_bytes": int}."""
 
@@ -92,16 +92,8 @@ class LevelsReport:
     notes: list[str] = field(default_factory=list)
     skipped: str = ""
     version_schema: int = LEVELS_VERSION
+    SCHEMA = LEVELS_VERSION  # not a field: what from_json accepts
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> LevelsReport:
-        data = json.loads(text)
-        if data.get("version_schema") != LEVELS_VERSION:
-            raise ValueError(f"levels report schema {data.get('version_schema')!r}, expected {LEVELS_VERSION}")
-        return cls(**data)
 
     def level(self, n: int) -> dict | None:
         return next((lv for lv in self.levels if lv["concurrency"] == n), None)

@@ -57,7 +57,24 @@ class Workload:
 
 
 @dataclass
-class Report:
+class JsonReport:
+    """A worker's report as the one JSON line it prints: written whole, read back with its schema checked."""
+
+    SCHEMA = 0  # the subclass's version_schema
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str):
+        data = json.loads(text)
+        if data.get("version_schema") != cls.SCHEMA:
+            raise ValueError(f"{cls.__name__} schema {data.get('version_schema')!r}, expected {cls.SCHEMA}")
+        return cls(**data)
+
+
+@dataclass
+class Report(JsonReport):
     """What one system measured.  `rounds` holds one dict of FIGURES per measured round."""
 
     system: str  # "flash-vl" | "torch" | "ortgenai" | "llama.cpp"
@@ -72,16 +89,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     skipped: str = ""  # why the system did not run (then nothing else is filled)
     version_schema: int = REPORT_VERSION
+    SCHEMA = REPORT_VERSION  # not a field: what from_json accepts
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> Report:
-        data = json.loads(text)
-        if data.get("version_schema") != REPORT_VERSION:
-            raise ValueError(f"report schema {data.get('version_schema')!r}, expected {REPORT_VERSION}")
-        return cls(**data)
 
     def summary(self) -> dict[str, dict]:
         """{figure: {"median", "min", "max", "n"}} over the measured rounds."""

@@ -80,11 +80,7 @@ class Engine:
         """FlashVL.cancel(): every sequence ends, and new ones are refused until resume()."""
         with self._cond:
             self._paused = True
-            for seq in self.scheduler.all():
-                seq.cancelled = True
-            if self._in_flight:
-                self._interrupt()
-            self._cond.notify()
+            self._cancel_everything()
 
     def resume(self) -> None:
         with self._cond:
@@ -93,13 +89,17 @@ class Engine:
     def close(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._closed = True
-            for seq in self.scheduler.all():
-                seq.cancelled = True
-            if self._in_flight:
-                self._interrupt()
-            self._cond.notify()
+            self._cancel_everything()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    def _cancel_everything(self) -> None:
+        """Under the lock: every sequence is cancelled and the call in flight stopped."""
+        for seq in self.scheduler.all():
+            seq.cancelled = True
+        if self._in_flight:
+            self._interrupt()
+        self._cond.notify()
 
     @property
     def alive(self) -> bool:
