@@ -140,26 +140,21 @@ class OrtDecoder(Interruptible):
         uses a slot beyond it: a copy each time, at most log2 times.  Bindings into the old buffer are dropped.
         """
         d, old = self.dec, self.cache
+        row_axis, slot_axis = (4, 2) if self.shared else (2, 3)
         if old is not None:
-            have_rows, have_width = (old.shape[4], old.shape[2]) if self.shared else (old.shape[2], old.shape[3])
+            have_rows, have_width = old.shape[row_axis], old.shape[slot_axis]
             if rows <= have_rows and width <= have_width:
                 return
             rows = min(self.max_seq_len, max(rows, 2 * have_rows)) if rows > have_rows else have_rows
             width = min(self.max_batch, max(width, 2 * have_width)) if width > have_width else have_width
-        if self.shared:
-            cache = np.zeros((d.n_layers, 2, width, d.n_kv_heads, rows, d.head_dim), self.kv_dtype)  # [L,2,B,Hkv,T,hd]
-            if old is not None:
-                cache[:, :, : old.shape[2], :, : old.shape[4]] = old
-        else:
-            cache = np.zeros((d.n_layers, 2, rows, width, d.n_kv_heads, d.head_dim), self.kv_dtype)  # [L,2,T,W,Hkv,hd]
-            if old is not None:
-                cache[:, :, : old.shape[2], : old.shape[3]] = old
+        shape = [d.n_layers, 2, d.n_kv_heads, d.head_dim]  # [L,2,W,Hkv,T,hd] fused, [L,2,T,W,Hkv,hd] traced
+        for axis, size in sorted(((row_axis, rows), (slot_axis, width))):
+            shape.insert(axis, size)
+        cache = np.zeros(shape, self.kv_dtype)
+        if old is not None:
+            cache[tuple(slice(0, n) for n in old.shape)] = old  # the old rows and slots, where they were
         self.cache = cache
         self._bindings.clear()
-
-    @property
-    def _rows(self) -> int:
-        return self.cache.shape[4] if self.shared else self.cache.shape[2]
 
     def _check(self, what: str, last_row: int) -> None:
         if last_row >= self.max_seq_len:
@@ -178,15 +173,8 @@ class OrtDecoder(Interruptible):
         self._check("prefill", pos + s - 1)
         self._reserve(pos + s, slot + 1)
         embeds = np.ascontiguousarray(inputs_embeds, np.float32)  # alive until run returns
-        if self.shared:
-            binding = self._shared_binding(("slot", slot))
-            lens = np.array([pos + s - 1], np.int32)  # [1]: the last new row
-            total = np.array(pos + s, np.int32)
-            binding.bind_cpu_input(io.SEQLENS_K, lens)
-            binding.bind_cpu_input(io.TOTAL_SEQ_LEN, total)
-            binding.bind_cpu_input(io.INPUTS_EMBEDS, embeds)
-            self._run(binding)
-            return self.logits[:1]
+        if self.shared:  # seqlens_k [1]: the last new row
+            return self._fused(("slot", slot), embeds, np.array([pos + s - 1], np.int32), pos + s)
         return self._seq_major(embeds, np.arange(pos, pos + s, dtype=np.int64)[None, :], slot)  # positions [1, S]
 
     def decode(self, inputs_embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -197,15 +185,8 @@ class OrtDecoder(Interruptible):
         self._check("decode step", top)
         self._reserve(top + 1, n)
         embeds = np.ascontiguousarray(inputs_embeds, np.float32)
-        if self.shared:
-            binding = self._shared_binding(("batch", n))
-            lens = np.asarray(positions, np.int32)  # [n]: each slot's new row
-            total = np.array(top + 1, np.int32)
-            binding.bind_cpu_input(io.SEQLENS_K, lens)
-            binding.bind_cpu_input(io.TOTAL_SEQ_LEN, total)
-            binding.bind_cpu_input(io.INPUTS_EMBEDS, embeds)
-            self._run(binding)
-            return self.logits[:n]
+        if self.shared:  # seqlens_k [n]: each slot's new row
+            return self._fused(("batch", n), embeds, np.asarray(positions, np.int32), top + 1)
         return self._seq_major(embeds, np.asarray(positions, np.int64)[:, None], None)  # positions [n, 1]
 
     def _run(self, binding) -> None:
@@ -214,6 +195,16 @@ class OrtDecoder(Interruptible):
         self.engine_seconds += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ the fused graph
+
+    def _fused(self, key, embeds: np.ndarray, seqlens_k: np.ndarray, total: int) -> np.ndarray:
+        """One call of the fused graph over the slots `key` binds -> their logits [b, V]."""
+        binding = self._shared_binding(key)
+        total_len = np.array(total, np.int32)  # []; it and seqlens_k stay alive until the run returns
+        binding.bind_cpu_input(io.SEQLENS_K, seqlens_k)
+        binding.bind_cpu_input(io.TOTAL_SEQ_LEN, total_len)
+        binding.bind_cpu_input(io.INPUTS_EMBEDS, embeds)
+        self._run(binding)
+        return self.logits[:len(seqlens_k)]
 
     def _shared_binding(self, key):
         """past_* and present_* = one layer's slots [k:k+1] or [0:n] of the cache [B, Hkv, T, hd], contiguous:
